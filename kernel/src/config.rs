@@ -1,0 +1,111 @@
+//! A node's configuration comes from its environment (the `env:` of its YAML entry).
+//! Every error names the variable, so bad configuration stops a node with a message that
+//! says what to fix.
+
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A configuration variable that is missing or cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var} is not set: {hint}")]
+    Missing { var: String, hint: String },
+    #[error("{var}={value:?} is invalid: {reason}")]
+    Invalid {
+        var: String,
+        value: String,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    pub fn invalid(var: &str, value: impl Into<String>, reason: impl Display) -> Self {
+        ConfigError::Invalid {
+            var: var.to_owned(),
+            value: value.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The variable's value; unset and empty both read as `None`.
+pub fn optional(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
+
+/// The variable's value, or an error naming it and saying what it is for.
+pub fn required(var: &str, hint: &str) -> Result<String, ConfigError> {
+    optional(var).ok_or_else(|| ConfigError::Missing {
+        var: var.to_owned(),
+        hint: hint.to_owned(),
+    })
+}
+
+/// The variable parsed as `T`, or `default` when unset.
+pub fn parse_or<T>(var: &str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match optional(var) {
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| ConfigError::invalid(var, v, e)),
+        None => Ok(default),
+    }
+}
+
+/// A duration given in milliseconds, or `default` when unset.
+pub fn millis_or(var: &str, default: Duration) -> Result<Duration, ConfigError> {
+    parse_or(var, default.as_millis() as u64).map(Duration::from_millis)
+}
+
+/// A boolean: 1/true/yes/on or 0/false/no/off.
+pub fn flag_or(var: &str, default: bool) -> Result<bool, ConfigError> {
+    match optional(var).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) => match v.as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::invalid(var, v, "expected true or false")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Each test uses its own variable names: tests run in parallel in one process.
+    #[test]
+    fn errors_name_the_variable() {
+        unsafe { std::env::set_var("MOFA_TEST_CFG_N", "twelve") };
+        let err = parse_or::<u32>("MOFA_TEST_CFG_N", 1).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("MOFA_TEST_CFG_N=\"twelve\" is invalid"),
+            "{err}"
+        );
+        let err = required("MOFA_TEST_CFG_UNSET", "the model name").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "MOFA_TEST_CFG_UNSET is not set: the model name"
+        );
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        unsafe { std::env::set_var("MOFA_TEST_CFG_MS", "250") };
+        unsafe { std::env::set_var("MOFA_TEST_CFG_EMPTY", "") };
+        unsafe { std::env::set_var("MOFA_TEST_CFG_FLAG", "Yes") };
+        assert_eq!(
+            millis_or("MOFA_TEST_CFG_MS", Duration::ZERO).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(parse_or("MOFA_TEST_CFG_EMPTY", 7u8).unwrap(), 7);
+        assert!(flag_or("MOFA_TEST_CFG_FLAG", false).unwrap());
+        assert!(flag_or("MOFA_TEST_CFG_ABSENT", false).is_ok_and(|v| !v));
+    }
+}

@@ -1,0 +1,18 @@
+//! mofa-kernel: the few contracts that every MoFA node shares.
+//!
+//! - [`envelope`]: the one Arrow schema on every agent edge, and its conversion both ways.
+//! - [`node`]: the one lifecycle every node binary runs (`node::run`).
+//! - [`llm`], [`tool`], [`plugin`]: the provider, tool and plugin traits.
+//! - [`config`]: reading a node's configuration from its environment.
+
+pub mod config;
+pub mod envelope;
+pub mod llm;
+pub mod node;
+pub mod plugin;
+pub mod tool;
+
+pub use envelope::{Envelope, Kind, Priority, Role};
+
+/// The Arrow crate the envelope is built with: the one dora-node-api itself uses.
+pub use dora_node_api::arrow_v59 as arrow;

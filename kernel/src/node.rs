@@ -1,0 +1,341 @@
+//! The one lifecycle every node binary runs.
+//!
+//! A node crate is a [`Handler`] and its configuration; `main` is `node::main(Handler::from_env)`.
+//! The kernel owns the rest: init from dora, decoding inputs into envelopes, the tokio event
+//! loop, the `error` output, and a graceful stop that drains in-flight work within a bound.
+//!
+//! Threads: dora's `DoraNode` does blocking calls (and panics if called inside a tokio
+//! runtime), so it lives on a thread of its own that sends what the handler queues; the event
+//! loop and the handler's work run on tokio.
+//!
+//! Environment read here, for every node:
+//! - `MOFA_STOP_TIMEOUT_MS` (default 10000): how long in-flight work may run after stop.
+//! - `MOFA_TEXT_OUTPUTS`: comma-separated outputs sent as plain Utf8 (each envelope's content)
+//!   instead of envelopes, for a downstream dora-hub node.
+//! - `RUST_LOG`: log filter (default `info`), logs on stderr.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dora_node_api::{DoraNode, Event, EventStream, MetadataParameters, Parameter};
+use futures::StreamExt;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+
+use crate::config::{self, ConfigError};
+use crate::envelope::{self, Envelope, Kind, Role, SCHEMA, SCHEMA_KEY};
+
+/// Why a message could not be handled. It becomes an `error` envelope answering the message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub message: String,
+    pub details: serde_json::Value,
+}
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::new(e.to_string())
+    }
+}
+
+/// A node's behaviour. Every method runs on the event loop, in event order: return quickly and
+/// hand slow work (an HTTP call, a model) to [`Ctx::spawn`], so one slow message does not hold
+/// up the next.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Once, before the first input. A source emits its tasks here.
+    async fn on_start(&self, _ctx: &Ctx) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    /// One message that arrived on `input` (a batch is handed over row by row, in order).
+    /// An `Err` becomes an `error` envelope answering `msg`; the node goes on.
+    async fn on_message(&self, ctx: &Ctx, input: &str, msg: Envelope) -> Result<(), Failure>;
+
+    /// The sender of `input` has exited; nothing more will come on it.
+    async fn on_input_closed(&self, _ctx: &Ctx, _input: &str) {}
+
+    /// After the event loop ends and in-flight work is drained: flush state here.
+    async fn on_stop(&self, _ctx: &Ctx) {}
+}
+
+enum Outgoing {
+    Send {
+        output: String,
+        batch: Vec<Envelope>,
+    },
+    Close,
+}
+
+struct Shared {
+    node_id: String,
+    out: mpsc::UnboundedSender<Outgoing>,
+    tasks: Mutex<JoinSet<()>>,
+    exit: Notify,
+}
+
+/// What a handler uses to act: send envelopes, report failures, spawn work, end the node.
+/// Cheap to clone; clones share the node.
+#[derive(Clone)]
+pub struct Ctx {
+    shared: Arc<Shared>,
+}
+
+impl Ctx {
+    /// The node's id in the dataflow.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// Queues `batch` on `output` (one Arrow array, a row each).
+    pub fn send(&self, output: &str, batch: Vec<Envelope>) {
+        if batch.is_empty() {
+            return;
+        }
+        let _ = self.shared.out.send(Outgoing::Send {
+            output: output.to_owned(),
+            batch,
+        });
+    }
+
+    pub fn send_one(&self, output: &str, msg: Envelope) {
+        self.send(output, vec![msg]);
+    }
+
+    /// Logs the failure and sends an `error` envelope answering `cause` on the `error` output.
+    pub fn fail(&self, cause: &Envelope, failure: Failure) {
+        self.send_one("error", self.error_envelope(cause, failure));
+    }
+
+    /// Like [`fail`](Self::fail), and also answers the requester on `output`: a
+    /// request/response node always answers, so nobody waits for a reply that will not come.
+    pub fn reply_error(&self, output: &str, cause: &Envelope, failure: Failure) {
+        let err = self.error_envelope(cause, failure);
+        self.send_one(output, err.clone());
+        self.send_one("error", err);
+    }
+
+    fn error_envelope(&self, cause: &Envelope, failure: Failure) -> Envelope {
+        tracing::warn!(session = %cause.session, reply_to = %cause.id, "{}", failure.message);
+        let mut details = match failure.details {
+            serde_json::Value::Null => serde_json::json!({}),
+            d @ serde_json::Value::Object(_) => d,
+            d => serde_json::json!({ "details": d }),
+        };
+        details["input_kind"] = cause.kind.as_str().into();
+        cause.error_reply(self.node_id(), failure.message, details)
+    }
+
+    /// Runs `work` concurrently with the event loop. If it fails, the failure answers `cause`.
+    /// In-flight work is awaited (within `MOFA_STOP_TIMEOUT_MS`) when the node stops.
+    pub fn spawn<F>(&self, cause: Envelope, work: F)
+    where
+        F: Future<Output = Result<(), Failure>> + Send + 'static,
+    {
+        let ctx = self.clone();
+        let mut tasks = self.shared.tasks.lock().expect("task set lock");
+        // Reap finished tasks so the set does not grow with the node's lifetime.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            if let Err(failure) = work.await {
+                ctx.fail(&cause, failure);
+            }
+        });
+    }
+
+    /// Ends the node once the current event is handled: in-flight work drains, then it exits.
+    pub fn exit(&self) {
+        self.shared.exit.notify_one();
+    }
+}
+
+/// Builds the handler from the environment and runs the node until it stops.
+/// A configuration error ends the process with code 2 and a message naming the variable.
+pub fn main<H: Handler>(make: impl FnOnce() -> Result<H, ConfigError>) -> ExitCode {
+    init_logging();
+    let handler = match make() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (node, events) = match DoraNode::init_from_env() {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("could not connect to dora: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(node, events, handler) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, which dora keeps per node (`dora logs`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs `handler` on an initialised node (from dora, or from `DoraNode::init_testing` in
+/// tests). Call it outside any tokio runtime: it makes its own.
+pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Result<(), ConfigError> {
+    let stop_timeout = config::millis_or("MOFA_STOP_TIMEOUT_MS", Duration::from_secs(10))?;
+    let text_outputs: HashSet<String> = config::optional("MOFA_TEXT_OUTPUTS")
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+        .unwrap_or_default();
+
+    let node_id = node.id().to_string();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let sender = std::thread::Builder::new()
+        .name("dora-output".into())
+        .spawn(move || send_loop(node, out_rx, text_outputs))
+        .expect("spawn output thread");
+
+    let ctx = Ctx {
+        shared: Arc::new(Shared {
+            node_id,
+            out: out_tx.clone(),
+            tasks: Mutex::new(JoinSet::new()),
+            exit: Notify::new(),
+        }),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let events = runtime.block_on(event_loop(ctx, events, handler, stop_timeout));
+    drop(runtime);
+    let _ = out_tx.send(Outgoing::Close);
+    let _ = sender.join();
+    // Dropped last, outside the runtime: dora's stream does blocking calls on drop.
+    drop(events);
+    Ok(())
+}
+
+async fn event_loop<H: Handler>(
+    ctx: Ctx,
+    mut events: EventStream,
+    handler: H,
+    stop_timeout: Duration,
+) -> EventStream {
+    if let Err(f) = handler.on_start(&ctx).await {
+        let cause = Envelope::new(Kind::Control, ctx.node_id(), Role::System, "start");
+        ctx.fail(&cause, f);
+    }
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = ctx.shared.exit.notified() => break,
+            event = events.next() => event,
+        };
+        match event {
+            Some(Event::Input { id, metadata, data }) => {
+                let input = id.as_str();
+                match envelope::from_arrow(data.as_array().as_ref(), input) {
+                    Ok(batch) => {
+                        for msg in batch {
+                            let cause = msg.clone();
+                            if let Err(f) = handler.on_message(&ctx, input, msg).await {
+                                ctx.fail(&cause, f);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let array = data.as_array();
+                        let cause = Envelope::new(Kind::Message, input, Role::User, "")
+                            .with_session(envelope::new_id());
+                        let preview: String = format!("{array:?}").chars().take(300).collect();
+                        let schema = match metadata.parameters.get(SCHEMA_KEY) {
+                            Some(Parameter::String(s)) => s.clone(),
+                            _ => String::new(),
+                        };
+                        ctx.fail(
+                            &cause,
+                            Failure::new(format!("malformed message on input `{input}`: {e}"))
+                                .with_details(serde_json::json!({
+                                    "input": input,
+                                    "data_type": array.data_type().to_string(),
+                                    "rows": array.len(),
+                                    "schema": schema,
+                                    "preview": preview,
+                                })),
+                        );
+                    }
+                }
+            }
+            Some(Event::InputClosed { id }) => handler.on_input_closed(&ctx, id.as_str()).await,
+            Some(Event::Stop(cause)) => {
+                tracing::debug!("stop: {cause:?}");
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    drain(&ctx, stop_timeout).await;
+    handler.on_stop(&ctx).await;
+    events
+}
+
+/// Awaits in-flight work for at most `bound`, then cancels what is left.
+async fn drain(ctx: &Ctx, bound: Duration) {
+    let mut tasks = std::mem::take(&mut *ctx.shared.tasks.lock().expect("task set lock"));
+    let left =
+        tokio::time::timeout(bound, async { while tasks.join_next().await.is_some() {} }).await;
+    if left.is_err() {
+        tracing::warn!(
+            "stop: {} task(s) still running after {} ms, cancelled",
+            tasks.len(),
+            bound.as_millis()
+        );
+        tasks.shutdown().await;
+    }
+}
+
+fn send_loop(
+    mut node: DoraNode,
+    mut out: mpsc::UnboundedReceiver<Outgoing>,
+    text_outputs: HashSet<String>,
+) {
+    while let Some(Outgoing::Send { output, batch }) = out.blocking_recv() {
+        let mut params = MetadataParameters::default();
+        let array = if text_outputs.contains(&output) {
+            envelope::to_text_arrow(&batch)
+        } else {
+            params.insert(SCHEMA_KEY.into(), Parameter::String(SCHEMA.into()));
+            envelope::to_arrow(&batch)
+        };
+        if let Err(e) = node.send_output(output.clone().into(), params, array) {
+            tracing::error!("could not send on `{output}`: {e}");
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The task source: MOFA_TASK (one task, MOFA_SESSION and MOFA_PRIORITY optional) or
+//! MOFA_TASKS_FILE (JSONL, one task per line: `{"task": "...", "session": "...",
+//! "priority": 0-3 or "low"|"normal"|"high"|"critical"}`). It sends each task on `task`, one
+//! message each, in file order, then ends; its end closes the downstream inputs, so a chain
+//! drains behind it.
+
+use async_trait::async_trait;
+use mofa_kernel::config::{self, ConfigError};
+use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::{Envelope, Priority};
+use serde::Deserialize;
+
+pub struct Source {
+    tasks: Vec<Envelope>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskLine {
+    #[serde(alias = "content")]
+    task: String,
+    session: Option<String>,
+    priority: Option<serde_json::Value>,
+}
+
+fn parse_priority(v: &serde_json::Value) -> Result<Priority, String> {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| format!("priority {n} is out of range 0..=3"))
+            .and_then(Priority::try_from),
+        serde_json::Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "low" => Ok(Priority::Low),
+            "normal" => Ok(Priority::Normal),
+            "high" => Ok(Priority::High),
+            "critical" => Ok(Priority::Critical),
+            _ => Err(format!("unknown priority `{s}`")),
+        },
+        other => Err(format!("priority must be a number or a name, got {other}")),
+    }
+}
+
+fn task(content: String, session: Option<String>, priority: Priority) -> Envelope {
+    let t = Envelope::task("source", content).with_priority(priority);
+    match session {
+        Some(s) => t.with_session(s),
+        None => t,
+    }
+}
+
+/// Parses a JSONL task file; errors name the line.
+pub fn parse_tasks(text: &str) -> Result<Vec<Envelope>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let l: TaskLine =
+                serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+            let p = match &l.priority {
+                Some(v) => parse_priority(v).map_err(|e| format!("line {}: {e}", i + 1))?,
+                None => Priority::Normal,
+            };
+            Ok(task(l.task, l.session, p))
+        })
+        .collect()
+}
+
+impl Source {
+    pub fn new(tasks: Vec<Envelope>) -> Self {
+        Source { tasks }
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let tasks = match (
+            config::optional("MOFA_TASK"),
+            config::optional("MOFA_TASKS_FILE"),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "MOFA_TASKS_FILE",
+                    "(set)",
+                    "set MOFA_TASK or MOFA_TASKS_FILE, not both",
+                ));
+            }
+            (Some(t), None) => {
+                let p = match config::optional("MOFA_PRIORITY") {
+                    Some(v) => {
+                        parse_priority(&v.parse().unwrap_or(serde_json::Value::String(v.clone())))
+                            .map_err(|e| ConfigError::invalid("MOFA_PRIORITY", v, e))?
+                    }
+                    None => Priority::Normal,
+                };
+                vec![task(t, config::optional("MOFA_SESSION"), p)]
+            }
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::invalid("MOFA_TASKS_FILE", &path, e))?;
+                let tasks = parse_tasks(&text)
+                    .map_err(|e| ConfigError::invalid("MOFA_TASKS_FILE", &path, e))?;
+                if tasks.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "MOFA_TASKS_FILE",
+                        path,
+                        "no tasks in the file",
+                    ));
+                }
+                tasks
+            }
+            (None, None) => {
+                return Err(
+                    config::required("MOFA_TASK", "give a task, or MOFA_TASKS_FILE").unwrap_err(),
+                );
+            }
+        };
+        Ok(Source::new(tasks))
+    }
+}
+
+#[async_trait]
+impl Handler for Source {
+    async fn on_start(&self, ctx: &Ctx) -> Result<(), Failure> {
+        for t in &self.tasks {
+            let mut t = t.clone();
+            t.sender = ctx.node_id().to_owned();
+            tracing::info!(session = %t.session, "task: {}", t.content);
+            ctx.send_one("task", t);
+        }
+        ctx.exit();
+        Ok(())
+    }
+
+    async fn on_message(&self, _ctx: &Ctx, input: &str, _msg: Envelope) -> Result<(), Failure> {
+        Err(Failure::new(format!(
+            "the source takes no input (got one on `{input}`)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_lines_with_sessions_and_priorities() {
+        let tasks = parse_tasks(
+            "{\"task\": \"a\"}\n\n{\"task\": \"b\", \"session\": \"s1\", \"priority\": \"critical\"}\n{\"content\": \"c\", \"priority\": 0}\n",
+        )
+        .unwrap();
+        assert_eq!(tasks.len(), 3);
+        assert_eq!(tasks[0].priority, Priority::Normal);
+        assert_eq!(
+            (tasks[1].session.as_str(), tasks[1].priority),
+            ("s1", Priority::Critical)
+        );
+        assert_eq!(tasks[2].priority, Priority::Low);
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        assert!(
+            parse_tasks("{\"task\": \"a\"}\nnot json")
+                .unwrap_err()
+                .starts_with("line 2:")
+        );
+        assert!(
+            parse_tasks("{\"task\": \"a\", \"priority\": 7}")
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(
+            parse_tasks("{\"tusk\": \"a\"}")
+                .unwrap_err()
+                .starts_with("line 1:")
+        );
+    }
+}

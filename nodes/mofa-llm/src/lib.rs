@@ -1,0 +1,111 @@
+//! mofa-llm: the LLM bridge node.
+//!
+//! Every input is a chat request (an envelope whose payload is a `ChatRequest`, or plain
+//! text); the answer goes out on the output named like the input, so one bridge serves many
+//! agents. Streamed text also goes out piece by piece as `token` envelopes on `token`.
+//! Failures answer the requester with an `error` envelope (and go out on `error`).
+//! Requests run concurrently: a slow call does not hold up the others.
+//!
+//! Env: MOFA_LLM_PROVIDER (openai), MOFA_STREAM (stream every request; default false), and
+//! the provider's own variables (see [`openai::OpenAiConfig::from_env`]).
+
+pub mod openai;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mofa_kernel::config::{self, ConfigError};
+use mofa_kernel::llm::{ChatRequest, LlmProvider};
+use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::{Envelope, Kind, Role};
+
+pub struct LlmNode {
+    provider: Arc<dyn LlmProvider>,
+    stream_all: bool,
+}
+
+impl LlmNode {
+    pub fn new(provider: Arc<dyn LlmProvider>, stream_all: bool) -> Self {
+        LlmNode {
+            provider,
+            stream_all,
+        }
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let provider: Arc<dyn LlmProvider> = match config::optional("MOFA_LLM_PROVIDER").as_deref()
+        {
+            None | Some("openai") => {
+                let cfg = openai::OpenAiConfig::from_env()?;
+                tracing::info!(
+                    "provider openai, model {}, endpoint {}",
+                    cfg.model,
+                    cfg.base_url
+                );
+                Arc::new(openai::OpenAiProvider::new(cfg))
+            }
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "MOFA_LLM_PROVIDER",
+                    other,
+                    "expected `openai`",
+                ));
+            }
+        };
+        Ok(LlmNode::new(
+            provider,
+            config::flag_or("MOFA_STREAM", false)?,
+        ))
+    }
+}
+
+#[async_trait]
+impl Handler for LlmNode {
+    async fn on_message(&self, ctx: &Ctx, input: &str, msg: Envelope) -> Result<(), Failure> {
+        if msg.kind == Kind::Error {
+            return Err(Failure::new("an error envelope is not a chat request"));
+        }
+        let mut request = match ChatRequest::from_envelope(&msg) {
+            Ok(r) => r,
+            Err(e) => {
+                ctx.reply_error(input, &msg, Failure::new(format!("bad chat request: {e}")));
+                return Ok(());
+            }
+        };
+        request.options.stream |= self.stream_all;
+        let provider = self.provider.clone();
+        let (ctx, output) = (ctx.clone(), input.to_owned());
+        let work_ctx = ctx.clone();
+        ctx.spawn(msg.clone(), async move {
+            let ctx = work_ctx;
+            let sender = ctx.node_id().to_owned();
+            let result = if request.options.stream {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let (tctx, tmsg, tsender) = (ctx.clone(), msg.clone(), sender.clone());
+                let forward = tokio::spawn(async move {
+                    while let Some(piece) = rx.recv().await {
+                        let token = tmsg.reply(Kind::Token, &tsender, Role::Assistant, piece);
+                        tctx.send_one("token", token);
+                    }
+                });
+                let result = provider.chat_stream(&request, tx).await;
+                let _ = forward.await; // every token before the whole answer
+                result
+            } else {
+                provider.chat(&request).await
+            };
+            match result {
+                Ok(response) => ctx.send_one(&output, response.to_envelope(&msg, &sender)),
+                Err(e) => ctx.reply_error(
+                    &output,
+                    &msg,
+                    Failure::new(format!("{} call failed: {e}", provider.name())).with_details(
+                        serde_json::json!({"provider": provider.name(), "retryable": e.is_retryable()}),
+                    ),
+                ),
+            }
+            Ok(())
+        });
+        Ok(())
+    }
+}

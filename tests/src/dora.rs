@@ -1,0 +1,119 @@
+//! Runs whole dataflows under the real dora CLI, and cleans up after itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The pinned dora CLI: $DORA_BIN, else the project's virtualenv (scripts/setup.sh).
+pub fn dora_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DORA_BIN") {
+        return p.into();
+    }
+    let venv = root().join(".venv/bin/dora");
+    assert!(
+        venv.exists(),
+        "the dora CLI is not installed: run scripts/setup.sh (looked for {})",
+        venv.display()
+    );
+    venv
+}
+
+/// A child process (and its process group) killed when dropped, even if the test panics.
+pub struct Guard {
+    pub child: Child,
+}
+
+impl Guard {
+    /// Waits for the process to end, at most `limit`; kills it past that.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pgid = format!("-{}", self.child.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &pgid]).status();
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The outcome of `dora run`.
+pub struct Finished {
+    pub status: Option<ExitStatus>,
+    /// What dora printed (stdout and stderr, the nodes' logs among them).
+    pub log: String,
+    /// The folder it ran in (holds `out/`, dora's per-node log files).
+    pub dir: tempfile::TempDir,
+}
+
+/// `dora run <dataflow> --stop-after <limit>` from a scratch copy of the dataflow folder, with
+/// `env` added to the environment the nodes inherit. Waits for it to end.
+pub fn run(dataflow: &str, env: &[(&str, String)], limit: Duration) -> Finished {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yml = root().join("dataflows").join(dataflow);
+    let log_path = dir.path().join("dora.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut cmd = Command::new(dora_bin());
+    cmd.arg("run")
+        .arg(&yml)
+        .arg("--stop-after")
+        .arg(format!("{}s", limit.as_secs()))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .env("DORA_ZENOH_MULTICAST", "off");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut guard = Guard {
+        child: cmd.spawn().expect("spawn dora"),
+    };
+    let status = guard.wait(limit + Duration::from_secs(30));
+    drop(guard);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    Finished { status, log, dir }
+}
+
+/// Builds the workspace's node binaries once per test process (the dataflows' `path`s).
+pub fn build_nodes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--bins",
+                "-p",
+                "mofa-agent",
+                "-p",
+                "mofa-llm",
+                "-p",
+                "mofa-io",
+            ])
+            .current_dir(root())
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building the nodes failed");
+    });
+}
