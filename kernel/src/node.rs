@@ -16,6 +16,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -185,6 +186,7 @@ pub fn main<H: Handler>(make: impl FnOnce() -> Result<H, ConfigError>) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
+    tracing::info!("node {} started, pid={}", node.id(), std::process::id());
     match run(node, events, handler) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -201,6 +203,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -96,24 +96,71 @@ pub fn run(dataflow: &str, env: &[(&str, String)], limit: Duration) -> Finished 
     Finished { status, log, dir }
 }
 
-/// Builds the workspace's node binaries once per test process (the dataflows' `path`s).
+/// Builds the node binaries the dataflows' `path`s name, once per test process. The same
+/// command as `cargo test --workspace` builds them with (same features), so under the test
+/// command this is a no-op instead of a relink.
 pub fn build_nodes() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--bins",
-                "-p",
-                "mofa-agent",
-                "-p",
-                "mofa-llm",
-                "-p",
-                "mofa-io",
-            ])
+            .args(["build", "--workspace", "--bins", "--tests"])
             .current_dir(root())
             .status()
             .expect("cargo build");
         assert!(status.success(), "building the nodes failed");
     });
+}
+
+/// Brings a coordinator and daemon down when dropped (`dora down`), even if the test panics.
+struct Up;
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new(dora_bin())
+            .arg("down")
+            .env("DORA_ZENOH_MULTICAST", "off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The user's path: `dora up`, then `dora start <dataflow> --attach` with `env` passed as
+/// `--env K=V` (nodes inherit the daemon's environment, not the CLI's), then `dora down`.
+pub fn up_and_start(dataflow: &str, env: &[(&str, String)], limit: Duration) -> Finished {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("dora.log");
+    let up = Command::new(dora_bin())
+        .arg("up")
+        .env("DORA_ZENOH_MULTICAST", "off")
+        .current_dir(dir.path())
+        .output()
+        .expect("dora up");
+    assert!(
+        up.status.success(),
+        "dora up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let _down = Up;
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut cmd = Command::new(dora_bin());
+    cmd.arg("start")
+        .arg(root().join("dataflows").join(dataflow))
+        .arg("--attach")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .env("DORA_ZENOH_MULTICAST", "off");
+    for (k, v) in env {
+        cmd.arg("--env").arg(format!("{k}={v}"));
+    }
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut guard = Guard {
+        child: cmd.spawn().expect("spawn dora start"),
+    };
+    let status = guard.wait(limit);
+    drop(guard);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    Finished { status, log, dir }
 }

@@ -1,0 +1,250 @@
+//! End to end: dataflows/chain.yml under `dora run`, against the mock OpenAI server.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mofa_tests::dora;
+use mofa_tests::mock_llm::{MockLlm, Rule, Script};
+
+fn persona_rule(persona: &str, reply: &str) -> Rule {
+    Rule {
+        matches: format!("You are the {persona}."),
+        content: Some(reply.into()),
+        ..Default::default()
+    }
+}
+
+fn script() -> Script {
+    Script {
+        rules: vec![
+            persona_rule("researcher", "FACTS[{last}] otters use tools"),
+            persona_rule("writer", "DRAFT[{last}]"),
+            persona_rule("editor", "FINAL[{last}]"),
+        ],
+    }
+}
+
+fn sink_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// `node <id> started, pid=<n>` lines from the nodes' logs: node id → pid.
+fn started_nodes(log: &str) -> BTreeMap<String, u32> {
+    log.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("node ")?;
+            let (id, rest) = rest.split_once(" started, pid=")?;
+            Some((id.to_owned(), rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn three_agents_in_a_chain_each_see_the_previous_answer() {
+    dora::build_nodes();
+    let mock = MockLlm::start(script());
+    let out = tempfile::tempdir().unwrap();
+    let sink = out.path().join("sink.jsonl");
+    let run = dora::run(
+        "chain.yml",
+        &[
+            ("OPENAI_BASE_URL", mock.base_url()),
+            ("MOFA_TASK", "sea otters".into()),
+            ("MOFA_OUT", sink.display().to_string()),
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "dora run failed:\n{}",
+        run.log
+    );
+
+    // The agents were called in chain order, each prompt holding the previous answer.
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:#?}");
+    let personas: Vec<String> = reqs.iter().map(|r| r.system()).collect();
+    assert!(personas[0].starts_with("You are the researcher."));
+    assert!(personas[1].starts_with("You are the writer."));
+    assert!(personas[2].starts_with("You are the editor."));
+    assert!(reqs[0].prompt().contains("sea otters"));
+    assert!(
+        reqs[1]
+            .prompt()
+            .contains("FACTS[sea otters] otters use tools")
+    );
+    assert!(
+        reqs[2]
+            .prompt()
+            .contains("DRAFT[FACTS[sea otters] otters use tools]")
+    );
+    assert!(reqs[0].end_ms <= reqs[1].start_ms && reqs[1].end_ms <= reqs[2].start_ms);
+
+    // The sink got the final answer, in the task's session.
+    let lines = sink_lines(&sink);
+    let finals: Vec<_> = lines.iter().filter(|l| l["input"] == "result").collect();
+    assert_eq!(finals.len(), 1, "{lines:#?}");
+    assert_eq!(finals[0]["kind"], "result");
+    assert_eq!(finals[0]["sender"], "editor");
+    assert_eq!(
+        finals[0]["content"],
+        "FINAL[DRAFT[FACTS[sea otters] otters use tools]]"
+    );
+    assert!(lines.iter().all(|l| l["kind"] != "error"), "{lines:#?}");
+    let senders: Vec<&str> = lines
+        .iter()
+        .map(|l| l["sender"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        senders,
+        ["researcher", "writer", "editor"],
+        "each agent's answer is recorded"
+    );
+
+    // dora really ran six processes.
+    let nodes = started_nodes(&run.log);
+    let ids: Vec<&str> = nodes.keys().map(String::as_str).collect();
+    assert_eq!(
+        ids,
+        ["editor", "llm", "researcher", "sink", "source", "writer"],
+        "{}",
+        run.log
+    );
+    let mut pids: Vec<u32> = nodes.values().copied().collect();
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), 6, "six distinct processes: {nodes:?}");
+    assert!(!pids.contains(&std::process::id()));
+}
+
+#[test]
+fn several_tasks_flow_through_the_chain_in_their_own_sessions() {
+    dora::build_nodes();
+    let mock = MockLlm::start(script());
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks.jsonl");
+    std::fs::write(
+        &tasks,
+        "{\"task\": \"alpha\", \"session\": \"s-alpha\"}\n{\"task\": \"beta\", \"session\": \"s-beta\"}\n{\"task\": \"gamma\"}\n",
+    )
+    .unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let run = dora::run(
+        "chain.yml",
+        &[
+            ("OPENAI_BASE_URL", mock.base_url()),
+            ("MOFA_TASKS_FILE", tasks.display().to_string()),
+            ("MOFA_OUT", sink.display().to_string()),
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "dora run failed:\n{}",
+        run.log
+    );
+    assert_eq!(mock.requests().len(), 9);
+    let lines = sink_lines(&sink);
+    let mut finals: Vec<(String, String)> = lines
+        .iter()
+        .filter(|l| l["input"] == "result")
+        .map(|l| {
+            (
+                l["content"].as_str().unwrap().to_owned(),
+                l["session"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    finals.sort();
+    assert_eq!(finals.len(), 3, "{lines:#?}");
+    assert_eq!(
+        finals[0],
+        (
+            "FINAL[DRAFT[FACTS[alpha] otters use tools]]".into(),
+            "s-alpha".into()
+        )
+    );
+    assert_eq!(
+        finals[1],
+        (
+            "FINAL[DRAFT[FACTS[beta] otters use tools]]".into(),
+            "s-beta".into()
+        )
+    );
+    assert!(finals[2].0.contains("FACTS[gamma]"));
+}
+
+#[test]
+fn an_llm_failure_mid_chain_reaches_the_sink_as_an_error_and_the_dataflow_ends() {
+    dora::build_nodes();
+    let mut s = script();
+    s.rules.insert(
+        0,
+        Rule {
+            matches: "You are the writer.".into(),
+            status: Some(400),
+            ..Default::default()
+        },
+    );
+    let mock = MockLlm::start(s);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let run = dora::run(
+        "chain.yml",
+        &[
+            ("OPENAI_BASE_URL", mock.base_url()),
+            ("MOFA_TASK", "doomed".into()),
+            ("MOFA_OUT", sink.display().to_string()),
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "dora run failed:\n{}",
+        run.log
+    );
+    let lines = sink_lines(&sink);
+    let inputs: Vec<&str> = lines.iter().map(|l| l["input"].as_str().unwrap()).collect();
+    assert_eq!(inputs, ["researcher", "writer_error"], "{lines:#?}");
+    assert_eq!(lines[1]["kind"], "error");
+    assert!(lines[1]["content"].as_str().unwrap().contains("HTTP 400"));
+    assert_eq!(
+        mock.requests().len(),
+        2,
+        "a 400 is not retried and the editor is never asked"
+    );
+}
+
+#[test]
+fn the_chain_runs_under_dora_up_and_dora_start_with_env_passed_by_flag() {
+    dora::build_nodes();
+    let mock = MockLlm::start(script());
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let run = dora::up_and_start(
+        "chain.yml",
+        &[
+            ("OPENAI_BASE_URL", mock.base_url()),
+            ("MOFA_TASK", "river otters".into()),
+            ("MOFA_OUT", sink.display().to_string()),
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "dora start failed:\n{}",
+        run.log
+    );
+    let lines = sink_lines(&sink);
+    let last = lines.last().expect("the sink wrote lines");
+    assert_eq!(last["input"], "result");
+    assert_eq!(
+        last["content"],
+        "FINAL[DRAFT[FACTS[river otters] otters use tools]]"
+    );
+    assert_eq!(mock.requests().len(), 3);
+}
