@@ -291,20 +291,26 @@ pub enum DecodeError {
     Value { row: usize, message: String },
 }
 
+/// Built once: field names are allocations, and every encode needs them.
 fn fields() -> Fields {
-    Fields::from(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("session", DataType::Utf8, false),
-        Field::new("reply_to", DataType::Utf8, true),
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("sender", DataType::Utf8, false),
-        Field::new("role", DataType::Utf8, false),
-        Field::new("content", DataType::Utf8, false),
-        Field::new("payload", DataType::Utf8, true),
-        Field::new("round", DataType::UInt32, false),
-        Field::new("priority", DataType::UInt8, false),
-        Field::new("ts_ms", DataType::Int64, false),
-    ])
+    static FIELDS: std::sync::OnceLock<Fields> = std::sync::OnceLock::new();
+    FIELDS
+        .get_or_init(|| {
+            Fields::from(vec![
+                Field::new("id", DataType::Utf8, false),
+                Field::new("session", DataType::Utf8, false),
+                Field::new("reply_to", DataType::Utf8, true),
+                Field::new("kind", DataType::Utf8, false),
+                Field::new("sender", DataType::Utf8, false),
+                Field::new("role", DataType::Utf8, false),
+                Field::new("content", DataType::Utf8, false),
+                Field::new("payload", DataType::Utf8, true),
+                Field::new("round", DataType::UInt32, false),
+                Field::new("priority", DataType::UInt8, false),
+                Field::new("ts_ms", DataType::Int64, false),
+            ])
+        })
+        .clone()
 }
 
 /// The Arrow type of an envelope batch.
@@ -374,7 +380,9 @@ pub fn from_arrow(array: &dyn Array, sender: &str) -> Result<Vec<Envelope>, Deco
     match array.data_type() {
         DataType::Struct(_) => decode_struct(array.as_struct()),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            let strings = to_utf8(array, "(text)")?;
+            let strings = cast(array, &DataType::Utf8).map_err(|e| {
+                DecodeError::UnsupportedType(format!("{} ({e})", array.data_type()))
+            })?;
             let strings = strings.as_string::<i32>();
             (0..strings.len())
                 .map(|row| {
@@ -392,14 +400,17 @@ pub fn from_arrow(array: &dyn Array, sender: &str) -> Result<Vec<Envelope>, Deco
     }
 }
 
-fn to_utf8(array: &dyn Array, column: &'static str) -> Result<ArrayRef, DecodeError> {
+fn to_utf8(array: &ArrayRef, column: &'static str) -> Result<ArrayRef, DecodeError> {
     match array.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => cast(array, &DataType::Utf8)
-            .map_err(|e| DecodeError::ColumnType {
+        // The common case costs a reference count, not a cast.
+        DataType::Utf8 => Ok(array.clone()),
+        DataType::LargeUtf8 | DataType::Utf8View => {
+            cast(array, &DataType::Utf8).map_err(|e| DecodeError::ColumnType {
                 column,
                 found: format!("{} ({e})", array.data_type()),
                 expected: "Utf8",
-            }),
+            })
+        }
         other => Err(DecodeError::ColumnType {
             column,
             found: other.to_string(),
@@ -408,7 +419,10 @@ fn to_utf8(array: &dyn Array, column: &'static str) -> Result<ArrayRef, DecodeEr
     }
 }
 
-fn to_int(array: &dyn Array, column: &'static str, to: DataType) -> Result<ArrayRef, DecodeError> {
+fn to_int(array: &ArrayRef, column: &'static str, to: DataType) -> Result<ArrayRef, DecodeError> {
+    if array.data_type() == &to {
+        return Ok(array.clone());
+    }
     if !array.data_type().is_integer() {
         return Err(DecodeError::ColumnType {
             column,
@@ -431,17 +445,23 @@ fn to_int(array: &dyn Array, column: &'static str, to: DataType) -> Result<Array
 }
 
 fn decode_struct(s: &StructArray) -> Result<Vec<Envelope>, DecodeError> {
+    // In our own batches the columns are in schema order: find them by position first.
+    let column = |name: &str| -> Option<&ArrayRef> {
+        let i = fields().iter().position(|f| f.name() == name)?;
+        match s.fields().get(i) {
+            Some(f) if f.name() == name => Some(s.column(i)),
+            _ => s.column_by_name(name),
+        }
+    };
     let text_col = |name: &'static str, required: bool| -> Result<Option<ArrayRef>, DecodeError> {
-        match s.column_by_name(name) {
-            Some(c) => Ok(Some(to_utf8(c.as_ref(), name)?)),
+        match column(name) {
+            Some(c) => Ok(Some(to_utf8(c, name)?)),
             None if required => Err(DecodeError::MissingColumn(name)),
             None => Ok(None),
         }
     };
     let int_col = |name: &'static str, to: DataType| -> Result<Option<ArrayRef>, DecodeError> {
-        s.column_by_name(name)
-            .map(|c| to_int(c.as_ref(), name, to))
-            .transpose()
+        column(name).map(|c| to_int(c, name, to)).transpose()
     };
     let id = text_col("id", true)?.expect("required");
     let session = text_col("session", true)?.expect("required");

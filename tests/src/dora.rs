@@ -57,6 +57,27 @@ impl Drop for Guard {
     }
 }
 
+/// A dora CLI command with the variables `cargo test` sets for test processes removed: the
+/// dataflows' `build:` lines run cargo, and with them inherited their builds would differ
+/// from the test command's own and rebuild it.
+fn dora_command() -> Command {
+    let mut cmd = Command::new(dora_bin());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        let from_cargo_test =
+            (k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR")
+                || k == "CARGO"
+                || k.starts_with("RUSTUP_TOOLCHAIN")
+                || k == "RUST_RECURSION_COUNT"
+                || k == "LD_LIBRARY_PATH";
+        if from_cargo_test {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    cmd.env("DORA_ZENOH_MULTICAST", "off");
+    cmd
+}
+
 /// The outcome of `dora run`.
 pub struct Finished {
     pub status: Option<ExitStatus>,
@@ -69,20 +90,23 @@ pub struct Finished {
 /// `dora run <dataflow> --stop-after <limit>` from a scratch copy of the dataflow folder, with
 /// `env` added to the environment the nodes inherit. Waits for it to end.
 pub fn run(dataflow: &str, env: &[(&str, String)], limit: Duration) -> Finished {
+    run_file(&root().join("dataflows").join(dataflow), env, limit)
+}
+
+/// [`run`] for a dataflow file anywhere.
+pub fn run_file(yml: &Path, env: &[(&str, String)], limit: Duration) -> Finished {
     let dir = tempfile::tempdir().expect("tempdir");
-    let yml = root().join("dataflows").join(dataflow);
     let log_path = dir.path().join("dora.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut cmd = Command::new(dora_bin());
+    let mut cmd = dora_command();
     cmd.arg("run")
-        .arg(&yml)
+        .arg(yml)
         .arg("--stop-after")
         .arg(format!("{}s", limit.as_secs()))
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .env("DORA_ZENOH_MULTICAST", "off");
+        .stderr(log);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -96,19 +120,19 @@ pub fn run(dataflow: &str, env: &[(&str, String)], limit: Duration) -> Finished 
     Finished { status, log, dir }
 }
 
-/// Builds the node binaries the dataflows' `path`s name, once per test process. The same
-/// command as `cargo test --workspace` builds them with (same features), so under the test
-/// command this is a no-op instead of a relink.
-pub fn build_nodes() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--workspace", "--bins", "--tests"])
-            .current_dir(root())
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the nodes failed");
-    });
+/// `dora build <dataflow>`: runs its `build:` lines, as a user does before `dora start`.
+pub fn build(dataflow: &str) {
+    let out = dora_command()
+        .arg("build")
+        .arg(root().join("dataflows").join(dataflow))
+        .output()
+        .expect("dora build");
+    assert!(
+        out.status.success(),
+        "dora build failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Brings a coordinator and daemon down when dropped (`dora down`), even if the test panics.
@@ -116,9 +140,8 @@ struct Up;
 
 impl Drop for Up {
     fn drop(&mut self) {
-        let _ = Command::new(dora_bin())
+        let _ = dora_command()
             .arg("down")
-            .env("DORA_ZENOH_MULTICAST", "off")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -130,9 +153,8 @@ impl Drop for Up {
 pub fn up_and_start(dataflow: &str, env: &[(&str, String)], limit: Duration) -> Finished {
     let dir = tempfile::tempdir().expect("tempdir");
     let log_path = dir.path().join("dora.log");
-    let up = Command::new(dora_bin())
+    let up = dora_command()
         .arg("up")
-        .env("DORA_ZENOH_MULTICAST", "off")
         .current_dir(dir.path())
         .output()
         .expect("dora up");
@@ -143,15 +165,14 @@ pub fn up_and_start(dataflow: &str, env: &[(&str, String)], limit: Duration) -> 
     );
     let _down = Up;
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut cmd = Command::new(dora_bin());
+    let mut cmd = dora_command();
     cmd.arg("start")
         .arg(root().join("dataflows").join(dataflow))
         .arg("--attach")
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .env("DORA_ZENOH_MULTICAST", "off");
+        .stderr(log);
     for (k, v) in env {
         cmd.arg("--env").arg(format!("{k}={v}"));
     }

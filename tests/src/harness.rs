@@ -46,6 +46,9 @@ pub fn closed(at: f64, input: &str) -> TimedIncomingEvent {
 #[derive(Debug, Clone)]
 pub struct Sent {
     pub output: String,
+    /// The rows as dora's testing output gives them (objects for envelopes, strings for text).
+    pub rows: Vec<Value>,
+    /// The rows that are envelopes.
     pub envelopes: Vec<Envelope>,
 }
 
@@ -70,16 +73,21 @@ pub fn run<H: Handler>(handler: H, events: Vec<TimedIncomingEvent>) -> Vec<Sent>
         .into_iter()
         .map(|o| {
             let output = o["id"].as_str().unwrap_or_default().to_owned();
-            let envelopes = o
+            let rows = o
                 .get("data")
                 .and_then(Value::as_array)
-                .map(|rows| {
-                    rows.iter()
-                        .map(|r| serde_json::from_value(r.clone()).expect("an envelope row"))
-                        .collect()
-                })
+                .cloned()
                 .unwrap_or_default();
-            Sent { output, envelopes }
+            let envelopes = rows
+                .iter()
+                .filter(|r| r.is_object())
+                .map(|r| serde_json::from_value(r.clone()).expect("an envelope row"))
+                .collect();
+            Sent {
+                output,
+                rows,
+                envelopes,
+            }
         })
         .collect()
 }
@@ -90,4 +98,9 @@ pub fn on(sent: &[Sent], output: &str) -> Vec<Envelope> {
         .filter(|s| s.output == output)
         .flat_map(|s| s.envelopes.clone())
         .collect()
+}
+
+/// One envelope arriving on `input` at `at` seconds.
+pub fn envelope(at: f64, input: &str, e: &Envelope) -> TimedIncomingEvent {
+    envelopes(at, input, std::slice::from_ref(e))
 }

@@ -61,9 +61,9 @@ pub struct Recorded {
     pub body: Value,
     /// Whether an `Authorization: Bearer` header came (its value is never recorded).
     pub authorized: bool,
-    /// Milliseconds since the server started, at arrival and when the answer was sent.
-    pub start_ms: u64,
-    pub end_ms: u64,
+    /// Microseconds since the server started, at arrival and when the answer was sent.
+    pub start_us: u64,
+    pub end_us: u64,
 }
 
 impl Recorded {
@@ -194,8 +194,8 @@ async fn set_script(State(inner): State<Arc<Inner>>, Json(script): Json<Script>)
     StatusCode::NO_CONTENT
 }
 
-fn millis(since: Instant) -> u64 {
-    since.elapsed().as_millis() as u64
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
 }
 
 fn words(s: &str) -> u32 {
@@ -207,7 +207,7 @@ async fn chat(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let start_ms = millis(inner.started);
+    let start_us = micros(inner.started);
     let n = {
         let mut reqs = inner.requests.lock().unwrap();
         let n = reqs.len() as u32 + 1;
@@ -218,8 +218,8 @@ async fn chat(
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("Bearer ")),
-            start_ms,
-            end_ms: start_ms,
+            start_us,
+            end_us: start_us,
         });
         n
     };
@@ -256,7 +256,7 @@ async fn chat(
     }
     let response = answer(&rule, &body, n, &last_user, &all_text);
     if let Some(r) = inner.requests.lock().unwrap().get_mut(n as usize - 1) {
-        r.end_ms = millis(inner.started);
+        r.end_us = micros(inner.started);
     }
     response
 }

@@ -45,7 +45,6 @@ fn started_nodes(log: &str) -> BTreeMap<String, u32> {
 
 #[test]
 fn three_agents_in_a_chain_each_see_the_previous_answer() {
-    dora::build_nodes();
     let mock = MockLlm::start(script());
     let out = tempfile::tempdir().unwrap();
     let sink = out.path().join("sink.jsonl");
@@ -82,7 +81,7 @@ fn three_agents_in_a_chain_each_see_the_previous_answer() {
             .prompt()
             .contains("DRAFT[FACTS[sea otters] otters use tools]")
     );
-    assert!(reqs[0].end_ms <= reqs[1].start_ms && reqs[1].end_ms <= reqs[2].start_ms);
+    assert!(reqs[0].end_us <= reqs[1].start_us && reqs[1].end_us <= reqs[2].start_us);
 
     // The sink got the final answer, in the task's session.
     let lines = sink_lines(&sink);
@@ -123,7 +122,6 @@ fn three_agents_in_a_chain_each_see_the_previous_answer() {
 
 #[test]
 fn several_tasks_flow_through_the_chain_in_their_own_sessions() {
-    dora::build_nodes();
     let mock = MockLlm::start(script());
     let dir = tempfile::tempdir().unwrap();
     let tasks = dir.path().join("tasks.jsonl");
@@ -180,7 +178,6 @@ fn several_tasks_flow_through_the_chain_in_their_own_sessions() {
 
 #[test]
 fn an_llm_failure_mid_chain_reaches_the_sink_as_an_error_and_the_dataflow_ends() {
-    dora::build_nodes();
     let mut s = script();
     s.rules.insert(
         0,
@@ -221,7 +218,7 @@ fn an_llm_failure_mid_chain_reaches_the_sink_as_an_error_and_the_dataflow_ends()
 
 #[test]
 fn the_chain_runs_under_dora_up_and_dora_start_with_env_passed_by_flag() {
-    dora::build_nodes();
+    dora::build("chain.yml");
     let mock = MockLlm::start(script());
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("sink.jsonl");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use mofa_agent::{Agent, AgentConfig, request_id};
 use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse, Usage};
 use mofa_kernel::{Envelope, Kind, Role};
-use mofa_tests::harness::{self, closed, envelopes, on, raw};
+use mofa_tests::harness::{self, closed, envelope, envelopes, on, raw};
 
 fn agent(window: usize, timeout_ms: u64) -> Agent {
     Agent::new(AgentConfig {
@@ -55,7 +55,7 @@ fn a_task_becomes_a_request_and_the_answer_a_result() {
     let sent = harness::run(
         agent(10, 5000),
         vec![
-            envelopes(0.0, "task", &[task.clone()]),
+            envelope(0.0, "task", &task),
             envelopes(0.05, "llm", &[llm_answer(&task, "Otters hold hands.")]),
         ],
     );
@@ -89,9 +89,9 @@ fn memory_is_a_bounded_window_per_session() {
     let sent = harness::run(
         agent(3, 5000),
         vec![
-            envelopes(0.0, "task", &[t1.clone()]),
+            envelope(0.0, "task", &t1),
             envelopes(0.02, "llm", &[llm_answer(&t1, "a1")]),
-            envelopes(0.04, "task", &[t2.clone()]),
+            envelope(0.04, "task", &t2),
             envelopes(0.06, "llm", &[llm_answer(&t2, "a2")]),
             envelopes(0.08, "task", &[t3.clone(), other.clone()]),
         ],
@@ -132,8 +132,8 @@ fn a_slow_llm_call_in_one_session_does_not_hold_up_another() {
     let sent = harness::run(
         agent(10, 5000),
         vec![
-            envelopes(0.0, "task", &[slow.clone()]),
-            envelopes(0.02, "task", &[quick.clone()]),
+            envelope(0.0, "task", &slow),
+            envelope(0.02, "task", &quick),
             envelopes(0.05, "llm", &[llm_answer(&quick, "quick answer")]),
             envelopes(0.3, "llm", &[llm_answer(&slow, "slow answer")]),
         ],
@@ -192,7 +192,7 @@ fn malformed_arrays_and_foreign_schemas_are_errors_and_the_next_task_goes_throug
                 Some(serde_json::json!("Float64")),
             ),
             raw(0.01, "task", foreign, None),
-            envelopes(0.02, "task", &[good.clone()]),
+            envelope(0.02, "task", &good),
             envelopes(0.05, "llm", &[llm_answer(&good, "done")]),
         ],
     );
@@ -262,7 +262,7 @@ fn answers_to_unknown_requests_and_silence_are_errors() {
         agent(10, 200),
         vec![
             envelopes(0.0, "llm", &[stranger]),
-            envelopes(0.01, "task", &[task.clone()]),
+            envelope(0.01, "task", &task),
         ],
     );
     let errors = on(&sent, "error");
@@ -283,7 +283,7 @@ fn the_agent_ends_once_its_task_input_is_closed_and_its_work_is_done() {
     let sent = harness::run(
         agent(10, 5000),
         vec![
-            envelopes(0.0, "task", &[t.clone()]),
+            envelope(0.0, "task", &t),
             closed(0.01, "task"),
             envelopes(0.05, "llm", &[llm_answer(&t, "finished")]),
             // Never read: the node has ended after the answer above.

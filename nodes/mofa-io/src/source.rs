@@ -2,7 +2,9 @@
 //! MOFA_TASKS_FILE (JSONL, one task per line: `{"task": "...", "session": "...",
 //! "priority": 0-3 or "low"|"normal"|"high"|"critical"}`). It sends each task on `task`, one
 //! message each, in file order, then ends; its end closes the downstream inputs, so a chain
-//! drains behind it.
+//! drains behind it. MOFA_TASK_INTERVAL_MS paces the tasks (default 0: all at once).
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
@@ -12,6 +14,7 @@ use serde::Deserialize;
 
 pub struct Source {
     tasks: Vec<Envelope>,
+    interval: Duration,
 }
 
 #[derive(Deserialize)]
@@ -68,7 +71,15 @@ pub fn parse_tasks(text: &str) -> Result<Vec<Envelope>, String> {
 
 impl Source {
     pub fn new(tasks: Vec<Envelope>) -> Self {
-        Source { tasks }
+        Source {
+            tasks,
+            interval: Duration::ZERO,
+        }
+    }
+
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
     }
 
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -113,16 +124,21 @@ impl Source {
                 );
             }
         };
-        Ok(Source::new(tasks))
+        Ok(Source::new(tasks)
+            .with_interval(config::millis_or("MOFA_TASK_INTERVAL_MS", Duration::ZERO)?))
     }
 }
 
 #[async_trait]
 impl Handler for Source {
     async fn on_start(&self, ctx: &Ctx) -> Result<(), Failure> {
-        for t in &self.tasks {
+        for (i, t) in self.tasks.iter().enumerate() {
+            if i > 0 && !self.interval.is_zero() {
+                tokio::time::sleep(self.interval).await;
+            }
             let mut t = t.clone();
             t.sender = ctx.node_id().to_owned();
+            t.ts_ms = mofa_kernel::envelope::now_ms();
             tracing::info!(session = %t.session, "task: {}", t.content);
             ctx.send_one("task", t);
         }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use mofa_io::sink::Sink;
 use mofa_io::source::{Source, parse_tasks};
 use mofa_kernel::{Envelope, Kind, Priority, Role};
-use mofa_tests::harness::{self, envelopes, on, raw};
+use mofa_tests::harness::{self, envelope, envelopes, on, raw};
 
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);
@@ -54,6 +54,22 @@ fn the_source_sends_each_task_in_order_then_ends() {
 }
 
 #[test]
+fn the_source_paces_its_tasks_when_asked() {
+    let tasks = parse_tasks("{\"task\": \"a\"}\n{\"task\": \"b\"}\n").unwrap();
+    let sent = harness::run(
+        Source::new(tasks).with_interval(std::time::Duration::from_millis(150)),
+        vec![],
+    );
+    let all = on(&sent, "task");
+    assert!(
+        all[1].ts_ms - all[0].ts_ms >= 150,
+        "{} then {}",
+        all[0].ts_ms,
+        all[1].ts_ms
+    );
+}
+
+#[test]
 fn the_sink_writes_every_envelope_as_a_json_line_and_ends_after_the_expected_results() {
     let buf = Buffer::default();
     let task = Envelope::task("src", "q");
@@ -65,7 +81,7 @@ fn the_sink_writes_every_envelope_as_a_json_line_and_ends_after_the_expected_res
         Sink::new(Box::new(buf.clone()), Some(2)),
         vec![
             envelopes(0.0, "tokens", &[token]),
-            envelopes(0.01, "result", &[r1.clone()]),
+            envelope(0.01, "result", &r1),
             raw(
                 0.02,
                 "result",

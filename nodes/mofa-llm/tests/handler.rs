@@ -7,7 +7,7 @@ use mofa_kernel::llm::{ChatMessage, ChatRequest, ChatResponse};
 use mofa_kernel::{Envelope, Kind, Role};
 use mofa_llm::LlmNode;
 use mofa_llm::openai::{OpenAiConfig, OpenAiProvider};
-use mofa_tests::harness::{self, envelopes, on, raw};
+use mofa_tests::harness::{self, envelope, envelopes, on, raw};
 use mofa_tests::mock_llm::{MockLlm, Rule, Script};
 
 fn node(mock: &MockLlm, timeout_ms: u64, stream: bool) -> LlmNode {
@@ -47,10 +47,7 @@ fn answers_on_the_output_named_like_the_input_with_usage() {
     let (a, b) = (ask("first question"), ask("second question"));
     let sent = harness::run(
         node(&mock, 5000, false),
-        vec![
-            envelopes(0.0, "alice", &[a.clone()]),
-            envelopes(0.01, "bob", &[b.clone()]),
-        ],
+        vec![envelope(0.0, "alice", &a), envelope(0.01, "bob", &b)],
     );
     let alice = on(&sent, "alice");
     let bob = on(&sent, "bob");
@@ -110,8 +107,8 @@ fn a_timeout_becomes_an_error_envelope_and_the_next_request_still_gets_through()
     let sent = harness::run(
         node(&mock, 300, false),
         vec![
-            envelopes(0.0, "alice", &[slow.clone()]),
-            envelopes(0.05, "alice", &[next.clone()]),
+            envelope(0.0, "alice", &slow),
+            envelope(0.05, "alice", &next),
         ],
     );
     let alice = on(&sent, "alice");
@@ -149,10 +146,7 @@ fn invalid_json_from_the_llm_is_an_error_envelope_not_a_crash() {
     let (bad, good) = (ask("one"), ask("two"));
     let sent = harness::run(
         node(&mock, 5000, false),
-        vec![
-            envelopes(0.0, "alice", &[bad.clone()]),
-            envelopes(0.2, "alice", &[good.clone()]),
-        ],
+        vec![envelope(0.0, "alice", &bad), envelope(0.2, "alice", &good)],
     );
     let alice = on(&sent, "alice");
     assert_eq!(alice.len(), 2);
@@ -178,10 +172,7 @@ fn a_slow_request_does_not_hold_up_a_fast_one() {
     let (slow, fast) = (ask("slow"), ask("fast"));
     let sent = harness::run(
         node(&mock, 5000, false),
-        vec![
-            envelopes(0.0, "alice", &[slow.clone()]),
-            envelopes(0.02, "bob", &[fast.clone()]),
-        ],
+        vec![envelope(0.0, "alice", &slow), envelope(0.02, "bob", &fast)],
     );
     let order: Vec<&str> = sent.iter().map(|s| s.output.as_str()).collect();
     assert_eq!(
@@ -191,7 +182,7 @@ fn a_slow_request_does_not_hold_up_a_fast_one() {
     );
     let reqs = mock.requests();
     assert!(
-        reqs[1].start_ms < reqs[0].end_ms,
+        reqs[1].start_us < reqs[0].end_us,
         "the two calls overlapped"
     );
 }
@@ -205,10 +196,7 @@ fn streaming_sends_one_token_envelope_per_piece_then_the_whole_answer() {
         }],
     });
     let a = ask("count");
-    let sent = harness::run(
-        node(&mock, 5000, true),
-        vec![envelopes(0.0, "alice", &[a.clone()])],
-    );
+    let sent = harness::run(node(&mock, 5000, true), vec![envelope(0.0, "alice", &a)]);
     let tokens = on(&sent, "token");
     assert_eq!(tokens.len(), 4);
     assert!(
@@ -247,8 +235,8 @@ fn malformed_input_is_an_error_and_the_next_message_is_served() {
                 serde_json::json!([1, 2, 3]),
                 Some(serde_json::json!("Int64")),
             ),
-            envelopes(0.01, "alice", &[junk.clone()]),
-            envelopes(0.02, "alice", &[good.clone()]),
+            envelope(0.01, "alice", &junk),
+            envelope(0.02, "alice", &good),
         ],
     );
     let errors = on(&sent, "error");
