@@ -63,6 +63,9 @@ pub struct ChatOptions {
     /// Stream tokens as they come (`token` envelopes) as well as the whole answer.
     #[serde(default)]
     pub stream: bool,
+    /// With tools: `auto` (default: call one or answer), `required` (must call one), `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

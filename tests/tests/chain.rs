@@ -245,3 +245,43 @@ fn the_chain_runs_under_dora_up_and_dora_start_with_env_passed_by_flag() {
     );
     assert_eq!(mock.requests().len(), 3);
 }
+
+#[test]
+fn the_chain_runs_on_the_embedded_local_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let run = dora::run(
+        "chain.yml",
+        &[
+            ("MOFA_LLM_PROVIDER", "local".into()),
+            ("MOFA_TASK", "Why do otters hold hands?".into()),
+            ("MOFA_MAX_TOKENS", "40".into()),
+            ("MOFA_SEED", "1".into()),
+            ("MOFA_OUT", sink.display().to_string()),
+        ],
+        Duration::from_secs(240),
+    );
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "dora run failed:\n{}",
+        run.log
+    );
+    assert!(run.log.contains("provider local"), "{}", run.log);
+    let lines = sink_lines(&sink);
+    let senders: Vec<&str> = lines
+        .iter()
+        .map(|l| l["sender"].as_str().unwrap())
+        .collect();
+    assert_eq!(senders, ["researcher", "writer", "editor"], "{lines:#?}");
+    for l in &lines {
+        assert_eq!(l["kind"], "result");
+        assert!(
+            l["content"].as_str().unwrap().trim().len() > 10,
+            "a real answer: {l}"
+        );
+        let payload: serde_json::Value =
+            serde_json::from_str(l["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(payload["model"], "SmolLM2-135M-Instruct.Q4_1");
+        assert!(payload["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    }
+}

@@ -84,6 +84,7 @@ impl AgentConfig {
                     .transpose()?,
                 stop: Vec::new(),
                 stream: config::flag_or("MOFA_STREAM", false)?,
+                tool_choice: None,
             },
         })
     }

@@ -6,9 +6,11 @@
 //! Failures answer the requester with an `error` envelope (and go out on `error`).
 //! Requests run concurrently: a slow call does not hold up the others.
 //!
-//! Env: MOFA_LLM_PROVIDER (openai), MOFA_STREAM (stream every request; default false), and
-//! the provider's own variables (see [`openai::OpenAiConfig::from_env`]).
+//! Env: MOFA_LLM_PROVIDER (local or openai; local unless OPENAI_BASE_URL or OPENAI_API_KEY is
+//! set), MOFA_STREAM (stream every request; default false), and the provider's own variables
+//! ([`local::LocalConfig::from_env`], [`openai::OpenAiConfig::from_env`]).
 
+pub mod local;
 pub mod openai;
 
 use std::sync::Arc;
@@ -32,10 +34,15 @@ impl LlmNode {
         }
     }
 
+    /// MOFA_LLM_PROVIDER=local|openai; without it, `local` unless OPENAI_BASE_URL or
+    /// OPENAI_API_KEY is set.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let provider: Arc<dyn LlmProvider> = match config::optional("MOFA_LLM_PROVIDER").as_deref()
-        {
-            None | Some("openai") => {
+        let openai_configured = config::optional("OPENAI_BASE_URL").is_some()
+            || config::optional("OPENAI_API_KEY").is_some();
+        let choice = config::optional("MOFA_LLM_PROVIDER")
+            .unwrap_or_else(|| if openai_configured { "openai" } else { "local" }.into());
+        let provider: Arc<dyn LlmProvider> = match choice.as_str() {
+            "openai" => {
                 let cfg = openai::OpenAiConfig::from_env()?;
                 tracing::info!(
                     "provider openai, model {}, endpoint {}",
@@ -44,11 +51,23 @@ impl LlmNode {
                 );
                 Arc::new(openai::OpenAiProvider::new(cfg))
             }
-            Some(other) => {
+            "local" => {
+                let cfg = local::LocalConfig::from_env()?;
+                let path = cfg.model_path.display().to_string();
+                tracing::info!(
+                    "provider local, model {path}, {} threads, context {}",
+                    cfg.threads,
+                    cfg.n_ctx
+                );
+                let provider = local::LocalProvider::load(cfg)
+                    .map_err(|e| ConfigError::invalid("MOFA_MODEL_PATH", path, e))?;
+                Arc::new(provider)
+            }
+            other => {
                 return Err(ConfigError::invalid(
                     "MOFA_LLM_PROVIDER",
                     other,
-                    "expected `openai`",
+                    "expected `local` or `openai`",
                 ));
             }
         };

@@ -95,6 +95,9 @@ impl OpenAiProvider {
                 .map(|t| json!({"type": "function", "function": t}))
                 .collect();
         }
+        if let (Some(choice), false) = (&o.tool_choice, request.tools.is_empty()) {
+            body["tool_choice"] = json!(choice);
+        }
         if stream {
             body["stream_options"] = json!({"include_usage": true});
         }

@@ -281,3 +281,37 @@ fn plain_text_input_is_a_one_message_chat() {
         1
     );
 }
+
+#[test]
+fn tool_definitions_go_out_and_tool_calls_come_back_in_the_payload() {
+    let mock = MockLlm::start(Script {
+        rules: vec![Rule {
+            tool_calls: vec![
+                serde_json::json!({"name": "calculator", "arguments": {"expression": "17*23"}}),
+            ],
+            ..rule("")
+        }],
+    });
+    let task = Envelope::task("t", "what is 17*23?");
+    let req = ChatRequest {
+        messages: vec![ChatMessage::new(Role::User, "what is 17*23?")],
+        tools: vec![mofa_kernel::tool::ToolSpec {
+            name: "calculator".into(),
+            description: "Evaluates arithmetic.".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {"expression": {"type": "string"}}}),
+        }],
+        options: Default::default(),
+    }
+    .to_envelope(&task, "alice");
+    let sent = harness::run(node(&mock, 5000, false), vec![envelope(0.0, "alice", &req)]);
+    let body = &mock.requests()[0].body;
+    assert_eq!(body["tools"][0]["type"], "function");
+    assert_eq!(body["tools"][0]["function"]["name"], "calculator");
+    let resp = ChatResponse::from_envelope(&on(&sent, "alice")[0]).unwrap();
+    assert_eq!(resp.finish_reason.as_deref(), Some("tool_calls"));
+    assert_eq!(resp.message.tool_calls[0].name, "calculator");
+    assert_eq!(
+        resp.message.tool_calls[0].arguments,
+        "{\"expression\":\"17*23\"}"
+    );
+}
