@@ -42,6 +42,22 @@ pub fn required(var: &str, hint: &str) -> Result<String, ConfigError> {
     })
 }
 
+/// Which of two alternative variables is set: `Ok(Some((true, value)))` for `first`,
+/// `Ok(Some((false, value)))` for `second`, `Ok(None)` for neither, and an error naming both
+/// when both are set.
+pub fn either(first: &str, second: &str) -> Result<Option<(bool, String)>, ConfigError> {
+    match (optional(first), optional(second)) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            second,
+            "(set)",
+            format!("set {first} or {second}, not both"),
+        )),
+        (Some(v), None) => Ok(Some((true, v))),
+        (None, Some(v)) => Ok(Some((false, v))),
+        (None, None) => Ok(None),
+    }
+}
+
 /// The variable parsed as `T`, or `default` when unset.
 pub fn parse_or<T>(var: &str, default: T) -> Result<T, ConfigError>
 where
@@ -107,5 +123,18 @@ mod tests {
         assert_eq!(parse_or("MOFA_TEST_CFG_EMPTY", 7u8).unwrap(), 7);
         assert!(flag_or("MOFA_TEST_CFG_FLAG", false).unwrap());
         assert!(flag_or("MOFA_TEST_CFG_ABSENT", false).is_ok_and(|v| !v));
+        assert_eq!(
+            either("MOFA_TEST_CFG_MS", "MOFA_TEST_CFG_ABSENT").unwrap(),
+            Some((true, "250".into()))
+        );
+        assert_eq!(
+            either("MOFA_TEST_CFG_ABSENT", "MOFA_TEST_CFG_MS").unwrap(),
+            Some((false, "250".into()))
+        );
+        let both = either("MOFA_TEST_CFG_MS", "MOFA_TEST_CFG_FLAG").unwrap_err();
+        assert!(
+            both.to_string()
+                .contains("set MOFA_TEST_CFG_MS or MOFA_TEST_CFG_FLAG, not both")
+        );
     }
 }

@@ -32,6 +32,22 @@ fn sink_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Runs chain.yml under `dora run` with `env` and a sink file; returns the sink's lines and
+/// dora's log, after asserting that the run succeeded.
+fn run_chain(env: &[(&str, String)], limit: Duration) -> (Vec<serde_json::Value>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let mut env = env.to_vec();
+    env.push(("MOFA_OUT", sink.display().to_string()));
+    let run = dora::run("chain.yml", &env, limit);
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "dora run failed:\n{}",
+        run.log
+    );
+    (sink_lines(&sink), run.log)
+}
+
 /// `node <id> started, pid=<n>` lines from the nodes' logs: node id → pid.
 fn started_nodes(log: &str) -> BTreeMap<String, u32> {
     log.lines()
@@ -46,21 +62,12 @@ fn started_nodes(log: &str) -> BTreeMap<String, u32> {
 #[test]
 fn three_agents_in_a_chain_each_see_the_previous_answer() {
     let mock = MockLlm::start(script());
-    let out = tempfile::tempdir().unwrap();
-    let sink = out.path().join("sink.jsonl");
-    let run = dora::run(
-        "chain.yml",
+    let (lines, log) = run_chain(
         &[
             ("OPENAI_BASE_URL", mock.base_url()),
             ("MOFA_TASK", "sea otters".into()),
-            ("MOFA_OUT", sink.display().to_string()),
         ],
         Duration::from_secs(90),
-    );
-    assert!(
-        run.status.is_some_and(|s| s.success()),
-        "dora run failed:\n{}",
-        run.log
     );
 
     // The agents were called in chain order, each prompt holding the previous answer.
@@ -84,7 +91,6 @@ fn three_agents_in_a_chain_each_see_the_previous_answer() {
     assert!(reqs[0].end_us <= reqs[1].start_us && reqs[1].end_us <= reqs[2].start_us);
 
     // The sink got the final answer, in the task's session.
-    let lines = sink_lines(&sink);
     let finals: Vec<_> = lines.iter().filter(|l| l["input"] == "result").collect();
     assert_eq!(finals.len(), 1, "{lines:#?}");
     assert_eq!(finals[0]["kind"], "result");
@@ -105,13 +111,12 @@ fn three_agents_in_a_chain_each_see_the_previous_answer() {
     );
 
     // dora really ran six processes.
-    let nodes = started_nodes(&run.log);
+    let nodes = started_nodes(&log);
     let ids: Vec<&str> = nodes.keys().map(String::as_str).collect();
     assert_eq!(
         ids,
         ["editor", "llm", "researcher", "sink", "source", "writer"],
-        "{}",
-        run.log
+        "{log}"
     );
     let mut pids: Vec<u32> = nodes.values().copied().collect();
     pids.sort();
@@ -130,23 +135,14 @@ fn several_tasks_flow_through_the_chain_in_their_own_sessions() {
         "{\"task\": \"alpha\", \"session\": \"s-alpha\"}\n{\"task\": \"beta\", \"session\": \"s-beta\"}\n{\"task\": \"gamma\"}\n",
     )
     .unwrap();
-    let sink = dir.path().join("sink.jsonl");
-    let run = dora::run(
-        "chain.yml",
+    let (lines, _) = run_chain(
         &[
             ("OPENAI_BASE_URL", mock.base_url()),
             ("MOFA_TASKS_FILE", tasks.display().to_string()),
-            ("MOFA_OUT", sink.display().to_string()),
         ],
         Duration::from_secs(90),
     );
-    assert!(
-        run.status.is_some_and(|s| s.success()),
-        "dora run failed:\n{}",
-        run.log
-    );
     assert_eq!(mock.requests().len(), 9);
-    let lines = sink_lines(&sink);
     let mut finals: Vec<(String, String)> = lines
         .iter()
         .filter(|l| l["input"] == "result")
@@ -188,23 +184,13 @@ fn an_llm_failure_mid_chain_reaches_the_sink_as_an_error_and_the_dataflow_ends()
         },
     );
     let mock = MockLlm::start(s);
-    let dir = tempfile::tempdir().unwrap();
-    let sink = dir.path().join("sink.jsonl");
-    let run = dora::run(
-        "chain.yml",
+    let (lines, _) = run_chain(
         &[
             ("OPENAI_BASE_URL", mock.base_url()),
             ("MOFA_TASK", "doomed".into()),
-            ("MOFA_OUT", sink.display().to_string()),
         ],
         Duration::from_secs(90),
     );
-    assert!(
-        run.status.is_some_and(|s| s.success()),
-        "dora run failed:\n{}",
-        run.log
-    );
-    let lines = sink_lines(&sink);
     let inputs: Vec<&str> = lines.iter().map(|l| l["input"].as_str().unwrap()).collect();
     assert_eq!(inputs, ["researcher", "writer_error"], "{lines:#?}");
     assert_eq!(lines[1]["kind"], "error");
@@ -248,26 +234,16 @@ fn the_chain_runs_under_dora_up_and_dora_start_with_env_passed_by_flag() {
 
 #[test]
 fn the_chain_runs_on_the_embedded_local_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = dir.path().join("sink.jsonl");
-    let run = dora::run(
-        "chain.yml",
+    let (lines, log) = run_chain(
         &[
             ("MOFA_LLM_PROVIDER", "local".into()),
             ("MOFA_TASK", "Why do otters hold hands?".into()),
             ("MOFA_MAX_TOKENS", "40".into()),
             ("MOFA_SEED", "1".into()),
-            ("MOFA_OUT", sink.display().to_string()),
         ],
         Duration::from_secs(240),
     );
-    assert!(
-        run.status.is_some_and(|s| s.success()),
-        "dora run failed:\n{}",
-        run.log
-    );
-    assert!(run.log.contains("provider local"), "{}", run.log);
-    let lines = sink_lines(&sink);
+    assert!(log.contains("provider local"), "{log}");
     let senders: Vec<&str> = lines
         .iter()
         .map(|l| l["sender"].as_str().unwrap())

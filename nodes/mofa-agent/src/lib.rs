@@ -38,21 +38,11 @@ impl AgentConfig {
         let name = config::optional("MOFA_AGENT_NAME")
             .or_else(|| config::optional("DORA_NODE_ID"))
             .unwrap_or_else(|| "agent".into());
-        let system_prompt = match (
-            config::optional("MOFA_SYSTEM_PROMPT"),
-            config::optional("MOFA_SYSTEM_PROMPT_FILE"),
-        ) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "MOFA_SYSTEM_PROMPT_FILE",
-                    "(set)",
-                    "set MOFA_SYSTEM_PROMPT or MOFA_SYSTEM_PROMPT_FILE, not both",
-                ));
-            }
-            (Some(p), None) => p,
-            (None, Some(path)) => std::fs::read_to_string(&path)
+        let system_prompt = match config::either("MOFA_SYSTEM_PROMPT", "MOFA_SYSTEM_PROMPT_FILE")? {
+            Some((true, prompt)) => prompt,
+            Some((false, path)) => std::fs::read_to_string(&path)
                 .map_err(|e| ConfigError::invalid("MOFA_SYSTEM_PROMPT_FILE", path, e))?,
-            (None, None) => format!("You are {name}, a helpful assistant."),
+            None => format!("You are {name}, a helpful assistant."),
         };
         let memory_window = config::parse_or("MOFA_MEMORY_WINDOW", 20usize)?;
         if memory_window == 0 {

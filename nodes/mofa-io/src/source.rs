@@ -83,18 +83,8 @@ impl Source {
     }
 
     pub fn from_env() -> Result<Self, ConfigError> {
-        let tasks = match (
-            config::optional("MOFA_TASK"),
-            config::optional("MOFA_TASKS_FILE"),
-        ) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "MOFA_TASKS_FILE",
-                    "(set)",
-                    "set MOFA_TASK or MOFA_TASKS_FILE, not both",
-                ));
-            }
-            (Some(t), None) => {
+        let tasks = match config::either("MOFA_TASK", "MOFA_TASKS_FILE")? {
+            Some((true, t)) => {
                 let p = match config::optional("MOFA_PRIORITY") {
                     Some(v) => {
                         parse_priority(&v.parse().unwrap_or(serde_json::Value::String(v.clone())))
@@ -104,7 +94,7 @@ impl Source {
                 };
                 vec![task(t, config::optional("MOFA_SESSION"), p)]
             }
-            (None, Some(path)) => {
+            Some((false, path)) => {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| ConfigError::invalid("MOFA_TASKS_FILE", &path, e))?;
                 let tasks = parse_tasks(&text)
@@ -118,7 +108,7 @@ impl Source {
                 }
                 tasks
             }
-            (None, None) => {
+            None => {
                 return Err(
                     config::required("MOFA_TASK", "give a task, or MOFA_TASKS_FILE").unwrap_err(),
                 );
