@@ -12,7 +12,7 @@
 //! - `MOFA_STOP_TIMEOUT_MS` (default 10000): how long in-flight work may run after stop.
 //! - `MOFA_TEXT_OUTPUTS`: comma-separated outputs sent as plain Utf8 (each envelope's content)
 //!   instead of envelopes, for a downstream dora-hub node.
-//! - `RUST_LOG`: log filter (default `info`), logs on stderr.
+//! - `RUST_LOG`: log filter (default `info`, llama.cpp at `warn`), logs on stderr.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -199,7 +199,8 @@ pub fn main<H: Handler>(make: impl FnOnce() -> Result<H, ConfigError>) -> ExitCo
 /// Logs go to stderr, which dora keeps per node (`dora logs`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // llama.cpp reports every load and context detail at info: keep its warnings only.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama_cpp_2=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

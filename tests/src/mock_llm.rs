@@ -38,8 +38,8 @@ pub struct Rule {
     /// Answer 200 with this body verbatim (for malformed answers).
     #[serde(default)]
     pub raw_body: Option<String>,
-    /// The assistant's text; with `{n}` replaced by the request's number and `{last}` by the
-    /// last user message.
+    /// The assistant's text; with `{n}` replaced by the request's number, `{last}` by the
+    /// last user message and `{tool}` by the last tool result.
     #[serde(default)]
     pub content: Option<String>,
     /// Tool calls to answer with: `[{"name": "...", "arguments": {...}}]`.
@@ -254,14 +254,27 @@ async fn chat(
     if rule.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(rule.delay_ms)).await;
     }
-    let response = answer(&rule, &body, n, &last_user, &all_text);
+    let last_tool = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "tool")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let response = answer(&rule, &body, n, (&last_user, &last_tool), &all_text);
     if let Some(r) = inner.requests.lock().unwrap().get_mut(n as usize - 1) {
         r.end_us = micros(inner.started);
     }
     response
 }
 
-fn answer(rule: &Rule, body: &Value, n: u32, last_user: &str, all_text: &str) -> Response {
+fn answer(
+    rule: &Rule,
+    body: &Value,
+    n: u32,
+    (last_user, last_tool): (&str, &str),
+    all_text: &str,
+) -> Response {
     if let Some(status) = rule.status {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let err = json!({"error": {"message": format!("mock error {status}"), "type": "mock"}});
@@ -280,7 +293,8 @@ fn answer(rule: &Rule, body: &Value, n: u32, last_user: &str, all_text: &str) ->
         .clone()
         .unwrap_or_else(|| "mock reply {n} to: {last}".into())
         .replace("{n}", &n.to_string())
-        .replace("{last}", last_user);
+        .replace("{last}", last_user)
+        .replace("{tool}", last_tool);
     let tool_calls: Vec<Value> = rule
         .tool_calls
         .iter()

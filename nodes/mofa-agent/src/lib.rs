@@ -1,7 +1,13 @@
-//! mofa-agent: one agent, a persona with a bounded memory per session.
+//! mofa-agent: one agent, a persona with a bounded memory per session, acting through tools.
 //!
-//! Inputs: `task` (envelopes, or plain text: each string a task) and `llm` (the bridge's
-//! answers). Outputs: `llm` (chat requests), `result` (the answer to each task), `error`.
+//! Inputs: `task` (envelopes, or plain text: each string a task), `llm` (the bridge's answers),
+//! `catalog` (the tool executor's catalog) and `tools` (its answers). Outputs: `llm` (chat
+//! requests), `tools` (tool calls), `result` (the answer to each task), `error`.
+//!
+//! ReAct with native function calling: once a catalog has come, requests carry the tools; the
+//! model's tool calls (several at once allowed) go to the executor, their results (or errors,
+//! as observations) go back to the model, until it answers or MOFA_MAX_STEPS is reached. The
+//! result's payload records the steps taken.
 //!
 //! Sessions are independent: a task whose session is waiting on the LLM queues behind it (so
 //! the memory stays in order), while other sessions go ahead at once. The node ends by itself
@@ -10,7 +16,8 @@
 //! Env: MOFA_AGENT_NAME (default: the node id), MOFA_SYSTEM_PROMPT or MOFA_SYSTEM_PROMPT_FILE,
 //! MOFA_MEMORY_WINDOW (messages kept per session, default 20), MOFA_MAX_SESSIONS (1000),
 //! MOFA_AGENT_TIMEOUT_MS (how long to wait for the LLM, default 300000), MOFA_TEMPERATURE,
-//! MOFA_TOP_P, MOFA_MAX_TOKENS, MOFA_SEED, MOFA_STREAM.
+//! MOFA_TOP_P, MOFA_MAX_TOKENS, MOFA_SEED, MOFA_STREAM, MOFA_MAX_STEPS (tool rounds, 8),
+//! MOFA_AWAIT_CATALOG (hold tasks until the tool catalog has come; default false).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -18,8 +25,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
-use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse};
+use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse, ToolCall, Usage};
 use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::tool::{self as wire, ToolSpec};
 use mofa_kernel::{Envelope, Kind, Role};
 use tokio::sync::oneshot;
 
@@ -31,6 +39,11 @@ pub struct AgentConfig {
     pub max_sessions: usize,
     pub llm_timeout: Duration,
     pub options: ChatOptions,
+    /// Tool rounds before the task fails with the steps so far.
+    pub max_steps: u32,
+    /// Hold tasks until the tool catalog has come (or its input has closed), so the first
+    /// task already sees the tools.
+    pub await_catalog: bool,
 }
 
 impl AgentConfig {
@@ -58,6 +71,8 @@ impl AgentConfig {
             memory_window,
             max_sessions: config::parse_or("MOFA_MAX_SESSIONS", 1000usize)?.max(1),
             llm_timeout: config::millis_or("MOFA_AGENT_TIMEOUT_MS", Duration::from_secs(300))?,
+            max_steps: config::parse_or("MOFA_MAX_STEPS", 8u32)?,
+            await_catalog: config::flag_or("MOFA_AWAIT_CATALOG", false)?,
             options: ChatOptions {
                 model: None,
                 temperature: config::optional("MOFA_TEMPERATURE")
@@ -80,16 +95,37 @@ impl AgentConfig {
     }
 }
 
-/// The LLM request id for a task: derived, so an answer can be matched without a lookup table
-/// and a test can address it.
-pub fn request_id(task: &Envelope) -> String {
-    format!("{}/llm", task.id)
+/// The id of the LLM request for step `step` of a task: derived, so an answer can be matched
+/// without a lookup table and a test can address it.
+pub fn request_id(task: &Envelope, step: u32) -> String {
+    format!("{}/llm/{step}", task.id)
+}
+
+/// The id of the `i`th tool call of step `step` of a task.
+pub fn tool_call_id(task: &Envelope, step: u32, i: usize) -> String {
+    format!("{}/tool/{step}/{i}", task.id)
+}
+
+enum Awaiting {
+    Llm,
+    /// Call envelope ids still unanswered, and the tool messages in call order.
+    Tools {
+        calls: Vec<(String, ToolCall)>,
+        results: Vec<Option<ChatMessage>>,
+    },
 }
 
 struct Pending {
     task: Envelope,
-    request_id: String,
-    /// Dropped when the answer comes, which ends the timeout watch.
+    step: u32,
+    /// What the model has seen and said for this task so far.
+    messages: Vec<ChatMessage>,
+    awaiting: Awaiting,
+    /// The id of the phase being waited for (an LLM request, or a step's tool calls).
+    phase: String,
+    steps: Vec<serde_json::Value>,
+    usage: Usage,
+    /// Dropped when the phase ends, which ends its timeout watch.
     _answered: oneshot::Sender<()>,
 }
 
@@ -104,15 +140,21 @@ struct Session {
 #[derive(Default)]
 struct State {
     sessions: HashMap<String, Session>,
+    tools: Vec<ToolSpec>,
+    /// Tasks held until the catalog comes (MOFA_AWAIT_CATALOG).
+    held: Vec<Envelope>,
+    catalog_ready: bool,
     clock: u64,
     task_closed: bool,
 }
 
 impl State {
     fn busy(&self) -> bool {
-        self.sessions
-            .values()
-            .any(|s| s.pending.is_some() || !s.queued.is_empty())
+        !self.held.is_empty()
+            || self
+                .sessions
+                .values()
+                .any(|s| s.pending.is_some() || !s.queued.is_empty())
     }
 
     /// Forgets the least recently used idle sessions beyond `max`.
@@ -149,7 +191,14 @@ impl Agent {
         Ok(Agent::new(AgentConfig::from_env()?))
     }
 
-    /// Sends the LLM request for `task` (its session must be free) and watches the time.
+    fn clone_handle(&self) -> Agent {
+        Agent {
+            cfg: self.cfg.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Starts `task` (its session must be free): the first LLM request.
     fn start(&self, ctx: &Ctx, st: &mut State, task: Envelope) {
         st.clock += 1;
         let clock = st.clock;
@@ -163,49 +212,71 @@ impl Agent {
         }
         let mut messages = vec![ChatMessage::new(Role::System, &self.cfg.system_prompt)];
         messages.extend(session.history.iter().cloned());
-        let request = ChatRequest {
+        let (answered, _) = oneshot::channel();
+        let mut pending = Pending {
+            task,
+            step: 0,
             messages,
-            tools: Vec::new(),
+            awaiting: Awaiting::Llm,
+            phase: String::new(),
+            steps: Vec::new(),
+            usage: Usage::default(),
+            _answered: answered,
+        };
+        self.ask_llm(ctx, &st.tools, &mut pending);
+        if let Some(s) = st.sessions.get_mut(&pending.task.session) {
+            s.pending = Some(pending);
+        }
+    }
+
+    /// Sends the conversation so far to the LLM, with the tools when there are any.
+    fn ask_llm(&self, ctx: &Ctx, tools: &[ToolSpec], p: &mut Pending) {
+        let request = ChatRequest {
+            messages: p.messages.clone(),
+            tools: tools.to_vec(),
             options: self.cfg.options.clone(),
         };
-        let mut req = request.to_envelope(&task, &self.cfg.name);
-        req.id = request_id(&task);
-
-        let (answered, watch) = oneshot::channel::<()>();
-        session.pending = Some(Pending {
-            task: task.clone(),
-            request_id: req.id.clone(),
-            _answered: answered,
-        });
+        let mut req = request.to_envelope(&p.task, &self.cfg.name);
+        req.id = request_id(&p.task, p.step);
+        p.awaiting = Awaiting::Llm;
+        self.watch(ctx, p, req.id.clone());
         ctx.send_one("llm", req);
+    }
 
-        let (timeout, state, me) = (
+    /// Starts the phase `phase` of `p` and fails the task if it does not end in time.
+    fn watch(&self, ctx: &Ctx, p: &mut Pending, phase: String) {
+        let (answered, watch) = oneshot::channel::<()>();
+        p._answered = answered; // ends the previous phase's watch
+        p.phase = phase.clone();
+        let (timeout, me, wctx, session) = (
             self.cfg.llm_timeout,
-            self.state.clone(),
             self.clone_handle(),
+            ctx.clone(),
+            p.task.session.clone(),
         );
-        let (wctx, request_id, session_key) =
-            (ctx.clone(), request_id(&task), task.session.clone());
-        ctx.spawn(task, async move {
+        ctx.spawn(p.task.clone(), async move {
             if tokio::time::timeout(timeout, watch).await.is_ok() {
-                return Ok(()); // answered (or the node is stopping)
+                return Ok(()); // the phase ended (or the node is stopping)
             }
-            let mut st = state.lock().expect("agent state");
-            let still_waiting = st.sessions.get_mut(&session_key).and_then(|s| {
-                let ours = s
-                    .pending
-                    .as_ref()
-                    .is_some_and(|p| p.request_id == request_id);
+            let mut st = me.state.lock().expect("agent state");
+            let timed_out = st.sessions.get_mut(&session).and_then(|s| {
+                let ours = s.pending.as_ref().is_some_and(|p| p.phase == phase);
                 if ours { s.pending.take() } else { None }
             });
-            if still_waiting.is_none() {
+            let Some(p) = timed_out else {
                 return Ok(());
-            }
-            me.next(&wctx, &mut st, &session_key);
+            };
+            me.next(&wctx, &mut st, &session);
+            let waiting_for = if phase.contains("/tool/") {
+                "the tools"
+            } else {
+                "the LLM"
+            };
             Err(Failure::new(format!(
-                "no answer from the LLM within {} ms",
+                "no answer from {waiting_for} within {} ms",
                 timeout.as_millis()
-            )))
+            ))
+            .with_details(serde_json::json!({"steps": p.steps})))
         });
     }
 
@@ -226,15 +297,11 @@ impl Agent {
         }
     }
 
-    fn clone_handle(&self) -> Agent {
-        Agent {
-            cfg: self.cfg.clone(),
-            state: self.state.clone(),
-        }
-    }
-
     fn on_task(&self, ctx: &Ctx, task: Envelope) -> Result<(), Failure> {
-        if task.kind == Kind::Error || task.kind == Kind::Token {
+        if matches!(
+            task.kind,
+            Kind::Error | Kind::Token | Kind::ToolCall | Kind::ToolResult
+        ) {
             return Err(Failure::new(format!(
                 "a `{}` envelope is not a task",
                 task.kind
@@ -244,6 +311,10 @@ impl Agent {
             return Err(Failure::new("empty task"));
         }
         let mut st = self.state.lock().expect("agent state");
+        if self.cfg.await_catalog && !st.catalog_ready {
+            st.held.push(task);
+            return Ok(());
+        }
         let session = st.sessions.entry(task.session.clone()).or_default();
         if session.pending.is_some() {
             session.queued.push_back(task);
@@ -253,58 +324,206 @@ impl Agent {
         Ok(())
     }
 
+    /// Takes the session's pending task if `reply_to` answers its current phase.
+    fn take_pending(
+        st: &mut State,
+        session: &str,
+        matches: impl Fn(&Pending) -> bool,
+    ) -> Option<Pending> {
+        let s = st.sessions.get_mut(session)?;
+        if s.pending.as_ref().is_some_and(matches) {
+            s.pending.take()
+        } else {
+            None
+        }
+    }
+
     fn on_llm(&self, ctx: &Ctx, answer: Envelope) -> Result<(), Failure> {
         let mut st = self.state.lock().expect("agent state");
-        let pending = st.sessions.get_mut(&answer.session).and_then(|s| {
-            let matches = s
-                .pending
-                .as_ref()
-                .map(|p| Some(&p.request_id) == answer.reply_to.as_ref());
-            if matches == Some(true) {
-                s.pending.take()
-            } else {
-                None
-            }
-        });
-        let Some(pending) = pending else {
+        let reply_to = answer.reply_to.clone().unwrap_or_default();
+        let Some(mut p) = Self::take_pending(&mut st, &answer.session, |p| {
+            matches!(p.awaiting, Awaiting::Llm) && p.phase == reply_to
+        }) else {
             return Err(Failure::new(format!(
                 "an LLM answer to an unknown request {:?} (session {})",
                 answer.reply_to, answer.session
             )));
         };
-        let task = pending.task;
-        let outcome = match answer.kind {
+        let response = match answer.kind {
             Kind::Error => Err(Failure::new(format!("LLM failed: {}", answer.content))
                 .with_details(answer.payload_json().unwrap_or_default())),
             _ => ChatResponse::from_envelope(&answer)
                 .map_err(|e| Failure::new(format!("unreadable LLM answer: {e}"))),
         };
+        let response = match response {
+            Ok(r) => r,
+            Err(f) => return self.finish(ctx, &mut st, p, Err(f)),
+        };
+        if let Some(u) = response.usage {
+            p.usage.prompt_tokens += u.prompt_tokens;
+            p.usage.completion_tokens += u.completion_tokens;
+            p.usage.total_tokens += u.total_tokens;
+        }
+        let calls = response.message.tool_calls.clone();
+        if calls.is_empty() || st.tools.is_empty() {
+            let done = Ok((response.message.content, response.model));
+            return self.finish(ctx, &mut st, p, done);
+        }
+        if p.step >= self.cfg.max_steps {
+            let f = Failure::new(format!(
+                "step limit of {} reached without a final answer",
+                self.cfg.max_steps
+            ));
+            return self.finish(ctx, &mut st, p, Err(f));
+        }
+        p.messages.push(response.message);
+        let envelopes: Vec<Envelope> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut e = wire::call_envelope(&p.task, &self.cfg.name, c);
+                e.id = tool_call_id(&p.task, p.step, i);
+                e
+            })
+            .collect();
+        p.awaiting = Awaiting::Tools {
+            calls: envelopes.iter().map(|e| e.id.clone()).zip(calls).collect(),
+            results: vec![None; envelopes.len()],
+        };
+        let phase = format!("{}/tool/{}", p.task.id, p.step);
+        self.watch(ctx, &mut p, phase);
+        ctx.send("tools", envelopes);
+        let session = p.task.session.clone();
+        if let Some(s) = st.sessions.get_mut(&session) {
+            s.pending = Some(p);
+        }
+        Ok(())
+    }
+
+    fn on_tool_result(&self, ctx: &Ctx, answer: Envelope) -> Result<(), Failure> {
+        let mut st = self.state.lock().expect("agent state");
+        let reply_to = answer.reply_to.clone().unwrap_or_default();
+        let Some(mut p) = Self::take_pending(&mut st, &answer.session, |p| match &p.awaiting {
+            Awaiting::Tools { calls, results } => calls
+                .iter()
+                .position(|(id, _)| *id == reply_to)
+                .is_some_and(|i| results[i].is_none()),
+            Awaiting::Llm => false,
+        }) else {
+            return Err(Failure::new(format!(
+                "a tool result for an unknown call {reply_to:?}"
+            )));
+        };
+        let Awaiting::Tools { calls, results } = &mut p.awaiting else {
+            unreachable!("matched above")
+        };
+        let i = calls
+            .iter()
+            .position(|(id, _)| *id == reply_to)
+            .expect("matched above");
+        let call = &calls[i].1;
+        let (ok, observation) = match answer.kind {
+            Kind::ToolResult => (true, answer.content.clone()),
+            _ => (false, format!("error: {}", answer.content)),
+        };
+        p.steps.push(serde_json::json!({
+            "step": p.step,
+            "tool": call.name,
+            "arguments": serde_json::from_str::<serde_json::Value>(&call.arguments).unwrap_or(call.arguments.clone().into()),
+            "observation": observation,
+            "ok": ok,
+        }));
+        results[i] = Some(ChatMessage {
+            role: Role::Tool,
+            content: observation,
+            tool_calls: Vec::new(),
+            tool_call_id: Some(call.id.clone()),
+        });
+        if results.iter().all(Option::is_some) {
+            let done: Vec<ChatMessage> = results.drain(..).flatten().collect();
+            p.messages.extend(done);
+            p.step += 1;
+            let tools = st.tools.clone();
+            self.ask_llm(ctx, &tools, &mut p);
+        }
+        let session = p.task.session.clone();
+        if let Some(s) = st.sessions.get_mut(&session) {
+            s.pending = Some(p);
+        }
+        Ok(())
+    }
+
+    /// Ends a task: its result (text, model) or its failure; then the session's next task.
+    fn finish(
+        &self,
+        ctx: &Ctx,
+        st: &mut State,
+        p: Pending,
+        outcome: Result<(String, String), Failure>,
+    ) -> Result<(), Failure> {
+        let task = &p.task;
         match outcome {
-            Ok(response) => {
+            Ok((text, model)) => {
                 if let Some(s) = st.sessions.get_mut(&task.session) {
-                    s.history.push_back(response.message.clone());
+                    s.history
+                        .push_back(ChatMessage::new(Role::Assistant, &text));
                     while s.history.len() > self.cfg.memory_window {
                         s.history.pop_front();
                     }
                 }
                 let result = task
-                    .reply(
-                        Kind::Result,
-                        &self.cfg.name,
-                        Role::Assistant,
-                        &response.message.content,
-                    )
+                    .reply(Kind::Result, &self.cfg.name, Role::Assistant, text)
                     .with_payload(&serde_json::json!({
-                        "model": response.model,
-                        "usage": response.usage,
-                        "llm_request": answer.reply_to,
+                        "model": model,
+                        "usage": p.usage,
+                        "steps": p.steps,
+                        "llm_request": p.phase,
                     }));
                 ctx.send_one("result", result);
             }
-            Err(f) => ctx.fail(&task, f),
+            Err(f) => {
+                let mut details = match f.details {
+                    serde_json::Value::Object(m) => serde_json::Value::Object(m),
+                    _ => serde_json::json!({}),
+                };
+                details["steps"] = serde_json::json!(p.steps);
+                ctx.fail(task, Failure::new(f.message).with_details(details));
+            }
         }
-        self.next(ctx, &mut st, &task.session);
+        let session = task.session.clone();
+        self.next(ctx, st, &session);
         Ok(())
+    }
+
+    fn on_catalog(&self, ctx: &Ctx, catalog: Envelope) -> Result<(), Failure> {
+        let tools = wire::catalog_from_envelope(&catalog).map_err(Failure::new)?;
+        tracing::info!(
+            "{} tools: {}",
+            tools.len(),
+            tools
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        self.state.lock().expect("agent state").tools = tools;
+        self.release_held(ctx);
+        Ok(())
+    }
+
+    /// The catalog has come (or never will): start the tasks held for it.
+    fn release_held(&self, ctx: &Ctx) {
+        let held = {
+            let mut st = self.state.lock().expect("agent state");
+            st.catalog_ready = true;
+            std::mem::take(&mut st.held)
+        };
+        for task in held {
+            let cause = task.clone();
+            if let Err(f) = self.on_task(ctx, task) {
+                ctx.fail(&cause, f);
+            }
+        }
     }
 }
 
@@ -313,11 +532,16 @@ impl Handler for Agent {
     async fn on_message(&self, ctx: &Ctx, input: &str, msg: Envelope) -> Result<(), Failure> {
         match input {
             "llm" => self.on_llm(ctx, msg),
+            "tools" => self.on_tool_result(ctx, msg),
+            "catalog" => self.on_catalog(ctx, msg),
             _ => self.on_task(ctx, msg),
         }
     }
 
     async fn on_input_closed(&self, ctx: &Ctx, input: &str) {
+        if input == "catalog" {
+            self.release_held(ctx);
+        }
         if input == "task" {
             let mut st = self.state.lock().expect("agent state");
             st.task_closed = true;

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use mofa_agent::{Agent, AgentConfig, request_id};
-use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse, Usage};
+use mofa_agent::{Agent, AgentConfig, request_id, tool_call_id};
+use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse, ToolCall, Usage};
+use mofa_kernel::tool::{self as wire, ToolSpec};
 use mofa_kernel::{Envelope, Kind, Role};
 use mofa_tests::harness::{self, closed, envelope, envelopes, on, raw};
 
@@ -16,6 +17,8 @@ fn agent(window: usize, timeout_ms: u64) -> Agent {
         max_sessions: 100,
         llm_timeout: Duration::from_millis(timeout_ms),
         options: ChatOptions::default(),
+        max_steps: 3,
+        await_catalog: false,
     })
 }
 
@@ -26,7 +29,7 @@ fn in_session(text: &str, session: &str) -> Envelope {
 /// What the LLM bridge would answer to the agent's request for `task`.
 fn llm_answer(task: &Envelope, text: &str) -> Envelope {
     let mut req = task.reply(Kind::Message, "writer", Role::User, "");
-    req.id = request_id(task);
+    req.id = request_id(task, 0);
     ChatResponse {
         message: ChatMessage::new(Role::Assistant, text),
         model: "m".into(),
@@ -225,7 +228,7 @@ fn malformed_arrays_and_foreign_schemas_are_errors_and_the_next_task_goes_throug
 fn an_llm_error_fails_the_task_and_the_session_goes_on() {
     let (t1, t2) = (in_session("one", "s"), in_session("two", "s"));
     let mut req = t1.reply(Kind::Message, "writer", Role::User, "");
-    req.id = request_id(&t1);
+    req.id = request_id(&t1, 0);
     let llm_error = req.error_reply(
         "llm",
         "openai call failed: HTTP 500",
@@ -294,5 +297,191 @@ fn the_agent_ends_once_its_task_input_is_closed_and_its_work_is_done() {
     assert!(
         on(&sent, "error").is_empty(),
         "the late message was not handled: {sent:?}"
+    );
+}
+
+fn catalog() -> Envelope {
+    let spec = |name: &str| ToolSpec {
+        name: name.into(),
+        description: format!("the {name} tool"),
+        parameters: serde_json::json!({"type": "object"}),
+    };
+    wire::catalog_envelope("tools", &[spec("calculator"), spec("file_write")])
+}
+
+/// The LLM asking, at `step` of `task`, for these (name, arguments) calls.
+fn llm_calls(task: &Envelope, step: u32, calls: &[(&str, &str)]) -> Envelope {
+    let mut req = task.reply(Kind::Message, "writer", Role::User, "");
+    req.id = request_id(task, step);
+    let mut msg = ChatMessage::new(Role::Assistant, "");
+    msg.tool_calls = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (name, args))| ToolCall {
+            id: format!("call_{step}_{i}"),
+            name: (*name).into(),
+            arguments: (*args).into(),
+        })
+        .collect();
+    ChatResponse {
+        message: msg,
+        model: "m".into(),
+        finish_reason: Some("tool_calls".into()),
+        usage: None,
+    }
+    .to_envelope(&req, "llm")
+}
+
+fn llm_final(task: &Envelope, step: u32, text: &str) -> Envelope {
+    let mut e = llm_answer(task, text);
+    e.reply_to = Some(request_id(task, step));
+    e
+}
+
+/// The tool executor's answer to call `i` of `step`: a result, or an error.
+fn tool_answer(
+    task: &Envelope,
+    step: u32,
+    i: usize,
+    outcome: Result<serde_json::Value, &str>,
+) -> Envelope {
+    let mut call = task.reply(Kind::ToolCall, "writer", Role::Assistant, "x");
+    call.id = tool_call_id(task, step, i);
+    match outcome {
+        Ok(v) => {
+            let c = ToolCall {
+                id: format!("call_{step}_{i}"),
+                name: "x".into(),
+                arguments: "{}".into(),
+            };
+            wire::result_envelope(&call, "tools", &c, &v)
+        }
+        Err(e) => call.error_reply("tools", e, serde_json::json!({})),
+    }
+}
+
+#[test]
+fn react_calls_tools_feeds_back_observations_and_records_the_steps() {
+    let task = in_session("write 17*23 to a file", "s");
+    let sent = harness::run(
+        agent(10, 5000),
+        vec![
+            envelope(0.0, "catalog", &catalog()),
+            envelope(0.01, "task", &task),
+            envelope(
+                0.05,
+                "llm",
+                &llm_calls(
+                    &task,
+                    0,
+                    &[
+                        ("calculator", "{\"expression\":\"17*23\"}"),
+                        ("file_write", "{\"path\":\"../x\"}"),
+                    ],
+                ),
+            ),
+            envelope(
+                0.08,
+                "tools",
+                &tool_answer(
+                    &task,
+                    0,
+                    1,
+                    Err("file_write: `../x` is outside the sandbox"),
+                ),
+            ),
+            envelope(
+                0.09,
+                "tools",
+                &tool_answer(&task, 0, 0, Ok(serde_json::json!({"value": 391.0}))),
+            ),
+            envelope(
+                0.15,
+                "llm",
+                &llm_final(&task, 1, "17*23 = 391; the file could not be written."),
+            ),
+        ],
+    );
+    let reqs = on(&sent, "llm");
+    assert_eq!(reqs.len(), 2);
+    let first = ChatRequest::from_envelope(&reqs[0]).unwrap();
+    assert_eq!(
+        first.tools.len(),
+        2,
+        "the catalog's tools go with the request"
+    );
+    let calls = on(&sent, "tools");
+    assert_eq!(calls.len(), 2, "both calls at once");
+    assert!(calls.iter().all(|c| c.kind == Kind::ToolCall));
+    assert_eq!(
+        wire::call_from_envelope(&calls[0]).unwrap().name,
+        "calculator"
+    );
+    assert_eq!(calls[1].id, tool_call_id(&task, 0, 1));
+
+    // Step 1 sees the model's calls and both observations, in call order.
+    let second = ChatRequest::from_envelope(&reqs[1]).unwrap();
+    let n = second.messages.len();
+    assert_eq!(second.messages[n - 3].tool_calls.len(), 2);
+    assert_eq!(second.messages[n - 2].role, Role::Tool);
+    assert_eq!(second.messages[n - 2].content, "{\"value\":391.0}");
+    assert_eq!(
+        second.messages[n - 2].tool_call_id.as_deref(),
+        Some("call_0_0")
+    );
+    assert_eq!(
+        second.messages[n - 1].content,
+        "error: file_write: `../x` is outside the sandbox"
+    );
+
+    let result = &on(&sent, "result")[0];
+    assert_eq!(
+        result.content,
+        "17*23 = 391; the file could not be written."
+    );
+    let steps = result.payload_json().unwrap()["steps"].clone();
+    assert_eq!(steps.as_array().unwrap().len(), 2);
+    assert_eq!(steps[0]["tool"], "file_write");
+    assert_eq!(steps[0]["ok"], false);
+    assert_eq!(steps[1]["tool"], "calculator");
+    assert_eq!(steps[1]["arguments"]["expression"], "17*23");
+    assert!(on(&sent, "error").is_empty());
+}
+
+#[test]
+fn the_step_limit_ends_a_task_that_keeps_calling_tools() {
+    let task = in_session("loop forever", "s");
+    let mut events = vec![
+        envelope(0.0, "catalog", &catalog()),
+        envelope(0.01, "task", &task),
+    ];
+    for step in 0..4u32 {
+        let t = 0.05 + step as f64 * 0.05;
+        events.push(envelope(
+            t,
+            "llm",
+            &llm_calls(&task, step, &[("calculator", "{}")]),
+        ));
+        events.push(envelope(
+            t + 0.02,
+            "tools",
+            &tool_answer(&task, step, 0, Ok(serde_json::json!(1))),
+        ));
+    }
+    let sent = harness::run(agent(10, 5000), events);
+    assert!(on(&sent, "result").is_empty());
+    let err = &on(&sent, "error")[0];
+    assert_eq!(err.reply_to.as_deref(), Some(task.id.as_str()));
+    assert!(
+        err.content.contains("step limit of 3 reached"),
+        "{}",
+        err.content
+    );
+    assert_eq!(
+        err.payload_json().unwrap()["steps"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
     );
 }

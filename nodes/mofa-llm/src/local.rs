@@ -6,6 +6,7 @@
 //! model emits calls that parse. One generation runs at a time: on a small CPU, two at once
 //! only make both slower.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -246,7 +247,8 @@ pub fn tool_call_schema(tools: &[ToolSpec], call_required: bool) -> Value {
     if !call_required {
         choices.push(json!({
             "type": "object",
-            "properties": {"answer": {"type": "string"}},
+            // Bounded, so a rambling answer still closes its JSON within the token budget.
+            "properties": {"answer": {"type": "string", "maxLength": 200}},
             "required": ["answer"],
             "additionalProperties": false,
         }));
@@ -285,7 +287,26 @@ impl Generation {
     fn chat_messages(&self) -> Result<Vec<LlamaChatMessage>, LlmError> {
         let mut msgs: Vec<(String, String)> = Vec::new();
         let tools = &self.request.tools;
+        let mut names: HashMap<&str, &str> = HashMap::new();
         for m in &self.request.messages {
+            for c in &m.tool_calls {
+                names.insert(&c.id, &c.name);
+            }
+            if m.role == Role::Tool {
+                // Small chat models know no `tool` role: a result reads best as a user turn
+                // that says what it is and what to do with it.
+                let name = m
+                    .tool_call_id
+                    .as_deref()
+                    .and_then(|id| names.get(id))
+                    .unwrap_or(&"the tool");
+                let text = format!(
+                    "Result of {name}: {}\nIf this answers the question, reply with {{\"answer\": \"...\"}}.",
+                    m.content
+                );
+                msgs.push(("user".into(), text));
+                continue;
+            }
             let content = if m.tool_calls.is_empty() {
                 m.content.clone()
             } else {
@@ -329,8 +350,14 @@ impl Generation {
             )));
         }
         let o = &self.request.options;
-        let max_new = (o.max_tokens.unwrap_or(self.cfg.max_tokens) as usize)
-            .min(n_ctx as usize - prompt_tokens.len());
+        let constrained =
+            !self.request.tools.is_empty() && o.tool_choice.as_deref() != Some("none");
+        let mut budget = o.max_tokens.unwrap_or(self.cfg.max_tokens) as usize;
+        if constrained {
+            // A call's JSON must close to parse: leave room for the schema's longest strings.
+            budget = budget.max(384);
+        }
+        let max_new = budget.min(n_ctx as usize - prompt_tokens.len());
 
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
@@ -355,6 +382,7 @@ impl Generation {
             let schema = tool_call_schema(&self.request.tools, required).to_string();
             let grammar = llama_cpp_2::json_schema_to_grammar(&schema)
                 .map_err(ffi("tool schema to grammar"))?;
+            let grammar = compact_whitespace(&grammar);
             chain.push(LlamaSampler::grammar(model, &grammar, "root").map_err(ffi("grammar"))?);
         }
         // Tool calls default to greedy: the grammar fixes the shape, not the meaning.
@@ -425,6 +453,22 @@ impl Generation {
             usage,
         })
     }
+}
+
+/// The generated grammar lets JSON have newlines and indentation between tokens; a small model
+/// then spends its budget on blank lines. One optional space is all a call needs.
+fn compact_whitespace(grammar: &str) -> String {
+    grammar
+        .lines()
+        .map(|l| {
+            if l.starts_with("space ::=") {
+                "space ::= \" \"?"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn rand_seed() -> u32 {

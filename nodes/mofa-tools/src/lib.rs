@@ -1,0 +1,160 @@
+//! mofa-tools: the tool executor node.
+//!
+//! It hosts tools behind the kernel's `Tool` trait, publishes their catalog (names,
+//! descriptions, JSON Schemas) on `catalog` at start, checks each call's arguments against the
+//! tool's schema before running it, and answers on the output named like the input the call
+//! came in on: a `tool_result`, or an `error` envelope (an observation for the agent). Calls
+//! run concurrently, each within a time limit; a panicking tool fails only its call.
+//!
+//! Env: MOFA_TOOLS (comma-separated built-ins to offer; default all that are configured:
+//! calculator, clock, json_query, and files with MOFA_SANDBOX_DIR, http_get with
+//! MOFA_HTTP_ALLOW), MOFA_SANDBOX_DIR (the folder file_read/file_write/file_list are confined
+//! to), MOFA_HTTP_ALLOW (comma-separated hosts, `host` or `host:port`), MOFA_TOOL_TIMEOUT_MS
+//! (30000).
+
+pub mod builtin;
+pub mod registry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mofa_kernel::config::{self, ConfigError};
+use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::tool::{self as wire, Tool};
+use mofa_kernel::{Envelope, Kind};
+
+pub use registry::Registry;
+
+pub struct ToolsNode {
+    registry: Arc<Registry>,
+}
+
+impl ToolsNode {
+    pub fn new(registry: Registry) -> Self {
+        ToolsNode {
+            registry: Arc::new(registry),
+        }
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let timeout = config::millis_or("MOFA_TOOL_TIMEOUT_MS", Duration::from_secs(30))?;
+        let sandbox = config::optional("MOFA_SANDBOX_DIR")
+            .map(|dir| {
+                builtin::files::Sandbox::new(dir.as_ref())
+                    .map(Arc::new)
+                    .map_err(|e| ConfigError::invalid("MOFA_SANDBOX_DIR", dir, e))
+            })
+            .transpose()?;
+        let allow =
+            config::optional("MOFA_HTTP_ALLOW").map(|a| builtin::http_get::AllowList::parse(&a));
+        let wanted: Option<Vec<String>> = config::optional("MOFA_TOOLS")
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
+
+        let mut available: Vec<(&str, Vec<Arc<dyn Tool>>)> = vec![
+            (
+                "calculator",
+                vec![Arc::new(builtin::calculator::Calculator)],
+            ),
+            ("clock", vec![Arc::new(builtin::clock::Clock)]),
+            ("json_query", vec![Arc::new(builtin::json_query::JsonQuery)]),
+        ];
+        if let Some(sb) = &sandbox {
+            available.push((
+                "files",
+                vec![
+                    Arc::new(builtin::files::FileRead(sb.clone())),
+                    Arc::new(builtin::files::FileWrite(sb.clone())),
+                    Arc::new(builtin::files::FileList(sb.clone())),
+                ],
+            ));
+        }
+        if let Some(allow) = allow {
+            available.push((
+                "http_get",
+                vec![Arc::new(builtin::http_get::HttpGet::new(allow, timeout))],
+            ));
+        }
+        if let Some(wanted) = &wanted {
+            for w in wanted {
+                if !available.iter().any(|(name, _)| name == w) {
+                    let why = match w.as_str() {
+                        "files" => "needs MOFA_SANDBOX_DIR".to_owned(),
+                        "http_get" => "needs MOFA_HTTP_ALLOW".to_owned(),
+                        _ => "no such built-in (calculator, clock, json_query, files, http_get)"
+                            .to_owned(),
+                    };
+                    return Err(ConfigError::invalid("MOFA_TOOLS", w, why));
+                }
+            }
+        }
+        let mut registry = Registry::new(timeout);
+        for (name, tools) in available {
+            if wanted.as_ref().is_none_or(|w| w.iter().any(|x| x == name)) {
+                for t in tools {
+                    registry
+                        .add(t)
+                        .map_err(|e| ConfigError::invalid("MOFA_TOOLS", name, e))?;
+                }
+            }
+        }
+        Ok(ToolsNode::new(registry))
+    }
+}
+
+#[async_trait]
+impl Handler for ToolsNode {
+    async fn on_start(&self, ctx: &Ctx) -> Result<(), Failure> {
+        let specs = self.registry.specs();
+        tracing::info!(
+            "tools: {}",
+            specs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        ctx.send_one("catalog", wire::catalog_envelope(ctx.node_id(), &specs));
+        Ok(())
+    }
+
+    async fn on_message(&self, ctx: &Ctx, input: &str, msg: Envelope) -> Result<(), Failure> {
+        if msg.kind == Kind::Control && msg.content == "catalog" {
+            // Asked again (a late subscriber): answer with the catalog.
+            let cat = wire::catalog_envelope(ctx.node_id(), &self.registry.specs());
+            ctx.send_one(input, cat);
+            return Ok(());
+        }
+        if msg.kind != Kind::ToolCall {
+            let f = Failure::new(format!(
+                "expected a tool_call, got a `{}` envelope",
+                msg.kind
+            ));
+            ctx.reply_error(input, &msg, f);
+            return Ok(());
+        }
+        let call = match wire::call_from_envelope(&msg) {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.reply_error(input, &msg, Failure::new(format!("bad tool call: {e}")));
+                return Ok(());
+            }
+        };
+        let (registry, work_ctx, output) = (self.registry.clone(), ctx.clone(), input.to_owned());
+        ctx.spawn(msg.clone(), async move {
+            match registry.call(&call.name, &call.arguments).await {
+                Ok(result) => {
+                    let env = wire::result_envelope(&msg, work_ctx.node_id(), &call, &result);
+                    work_ctx.send_one(&output, env);
+                }
+                Err(e) => {
+                    let details = serde_json::json!({"tool": call.name, "call_id": call.id});
+                    let f = Failure::new(format!("{}: {e}", call.name)).with_details(details);
+                    work_ctx.reply_error(&output, &msg, f);
+                }
+            }
+            Ok(())
+        });
+        Ok(())
+    }
+}

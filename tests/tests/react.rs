@@ -1,0 +1,143 @@
+//! End to end: dataflows/react.yml under `dora run` — an agent using real tools.
+
+use std::time::Duration;
+
+use mofa_tests::dora;
+use mofa_tests::mock_llm::{MockLlm, Rule, Script};
+use serde_json::json;
+
+fn sink_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[test]
+fn the_agent_calls_two_tools_in_turn_and_answers_with_their_results() {
+    // The mock plays the model: write a file, then compute, then answer quoting the result.
+    let mock = MockLlm::start(Script {
+        rules: vec![
+            Rule {
+                matches: "Save a note".into(),
+                times: Some(1),
+                tool_calls: vec![
+                    json!({"name": "file_write", "arguments": {"path": "notes/otters.txt", "content": "Otters hold hands."}}),
+                ],
+                ..Default::default()
+            },
+            Rule {
+                matches: "\"bytes\"".into(),
+                times: Some(1),
+                tool_calls: vec![
+                    json!({"name": "calculator", "arguments": {"expression": "17 * 23"}}),
+                ],
+                ..Default::default()
+            },
+            Rule {
+                matches: "\"value\"".into(),
+                content: Some("Saved. The product is {tool}".into()),
+                ..Default::default()
+            },
+        ],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = dir.path().join("sandbox");
+    std::fs::create_dir(&sandbox).unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let run = dora::run(
+        "react.yml",
+        &[
+            ("OPENAI_BASE_URL", mock.base_url()),
+            (
+                "MOFA_TASK",
+                "Save a note about otters, then compute 17 * 23.".into(),
+            ),
+            ("MOFA_SANDBOX_DIR", sandbox.display().to_string()),
+            ("MOFA_OUT", sink.display().to_string()),
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "dora run failed:\n{}",
+        run.log
+    );
+
+    // The tools really ran: the file is in the sandbox, the product in the answer.
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("notes/otters.txt")).unwrap(),
+        "Otters hold hands."
+    );
+    let lines = sink_lines(&sink);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["kind"], "result");
+    let answer = lines[0]["content"].as_str().unwrap();
+    assert!(
+        answer.starts_with("Saved. The product is") && answer.contains("391"),
+        "{answer}"
+    );
+    let payload: serde_json::Value =
+        serde_json::from_str(lines[0]["payload"].as_str().unwrap()).unwrap();
+    let steps = payload["steps"].as_array().unwrap();
+    let tools: Vec<&str> = steps.iter().map(|s| s["tool"].as_str().unwrap()).collect();
+    assert_eq!(tools, ["file_write", "calculator"]);
+    assert!(steps.iter().all(|s| s["ok"] == true));
+
+    // The model was offered the catalog and saw each observation.
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 3);
+    let offered: Vec<&str> = reqs[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        offered.contains(&"calculator") && offered.contains(&"file_write"),
+        "{offered:?}"
+    );
+    assert!(reqs[2].prompt().contains("391"));
+}
+
+#[test]
+fn react_runs_on_the_local_model_with_grammar_constrained_tool_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let run = dora::run(
+        "react.yml",
+        &[
+            ("MOFA_LLM_PROVIDER", "local".into()),
+            ("MOFA_TOOLS", "calculator,clock,json_query".into()),
+            (
+                "MOFA_TASK",
+                "What is 17 * 23? Use the calculator tool.".into(),
+            ),
+            ("MOFA_MAX_STEPS", "3".into()),
+            ("MOFA_OUT", sink.display().to_string()),
+        ],
+        Duration::from_secs(240),
+    );
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "dora run failed:\n{}",
+        run.log
+    );
+    let lines = sink_lines(&sink);
+    assert_eq!(lines.len(), 1, "one outcome for the task: {lines:#?}");
+    // Whatever the 135M model makes of it, its calls were well-formed and really ran.
+    let payload: serde_json::Value =
+        serde_json::from_str(lines[0]["payload"].as_str().unwrap()).unwrap();
+    let steps = payload["steps"].as_array().expect("the steps are recorded");
+    assert!(!steps.is_empty(), "the model called a tool: {payload}");
+    let first = &steps[0];
+    assert_eq!(first["tool"], "calculator", "{payload}");
+    assert_eq!(
+        first["ok"], true,
+        "the arguments passed the schema and the tool ran: {payload}"
+    );
+    let observed: serde_json::Value =
+        serde_json::from_str(first["observation"].as_str().unwrap()).unwrap();
+    assert!(observed["value"].is_number());
+}
