@@ -10,9 +10,11 @@
 //! calculator, clock, json_query, and files with MOFA_SANDBOX_DIR, http_get with
 //! MOFA_HTTP_ALLOW), MOFA_SANDBOX_DIR (the folder file_read/file_write/file_list are confined
 //! to), MOFA_HTTP_ALLOW (comma-separated hosts, `host` or `host:port`), MOFA_TOOL_TIMEOUT_MS
-//! (30000).
+//! (30000), MOFA_MCP_SERVERS (MCP servers whose tools to add: see [`mcp`]),
+//! MOFA_MCP_CONNECT_TIMEOUT_MS (30000).
 
 pub mod builtin;
+pub mod mcp;
 pub mod registry;
 
 use std::sync::Arc;
@@ -28,13 +30,30 @@ pub use registry::Registry;
 
 pub struct ToolsNode {
     registry: Arc<Registry>,
+    mcp_servers: Vec<mcp::ServerConfig>,
+    mcp_connect_timeout: Duration,
+    mcp_clients: std::sync::Mutex<Vec<Arc<mcp::Client>>>,
 }
 
 impl ToolsNode {
     pub fn new(registry: Registry) -> Self {
         ToolsNode {
             registry: Arc::new(registry),
+            mcp_servers: Vec::new(),
+            mcp_connect_timeout: Duration::from_secs(30),
+            mcp_clients: Default::default(),
         }
+    }
+
+    /// MCP servers to connect to at start; their tools join the catalog.
+    pub fn with_mcp_servers(
+        mut self,
+        servers: Vec<mcp::ServerConfig>,
+        connect_timeout: Duration,
+    ) -> Self {
+        self.mcp_servers = servers;
+        self.mcp_connect_timeout = connect_timeout;
+        self
     }
 
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -88,7 +107,12 @@ impl ToolsNode {
                 }
             }
         }
-        let mut registry = Registry::new(timeout);
+        let mcp_servers = match config::optional("MOFA_MCP_SERVERS") {
+            Some(v) => mcp::parse_servers(&v)
+                .map_err(|e| ConfigError::invalid("MOFA_MCP_SERVERS", v, e))?,
+            None => Vec::new(),
+        };
+        let registry = Registry::new(timeout);
         for (name, tools) in available {
             if wanted.as_ref().is_none_or(|w| w.iter().any(|x| x == name)) {
                 for t in tools {
@@ -98,13 +122,49 @@ impl ToolsNode {
                 }
             }
         }
-        Ok(ToolsNode::new(registry))
+        let connect_timeout =
+            config::millis_or("MOFA_MCP_CONNECT_TIMEOUT_MS", Duration::from_secs(30))?;
+        Ok(ToolsNode::new(registry).with_mcp_servers(mcp_servers, connect_timeout))
     }
 }
 
 #[async_trait]
 impl Handler for ToolsNode {
     async fn on_start(&self, ctx: &Ctx) -> Result<(), Failure> {
+        for server in &self.mcp_servers {
+            // A server that never answers must not keep the catalog (and the agents) waiting.
+            let connected = tokio::time::timeout(self.mcp_connect_timeout, mcp::connect(server))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer within {} ms (MOFA_MCP_CONNECT_TIMEOUT_MS)",
+                        self.mcp_connect_timeout.as_millis()
+                    ))
+                });
+            match connected {
+                Ok((client, tools)) => {
+                    tracing::info!("MCP server {}: {} tools", server.name, tools.len());
+                    for t in tools {
+                        if let Err(e) = self.registry.add(Arc::new(t)) {
+                            tracing::warn!("MCP server {}: {e}", server.name);
+                        }
+                    }
+                    self.mcp_clients.lock().expect("clients").push(client);
+                }
+                Err(e) => {
+                    let cause = Envelope::new(
+                        Kind::Control,
+                        ctx.node_id(),
+                        mofa_kernel::Role::System,
+                        "mcp connect",
+                    );
+                    ctx.fail(
+                        &cause,
+                        Failure::new(format!("MCP server {}: {e}", server.name)),
+                    );
+                }
+            }
+        }
         let specs = self.registry.specs();
         tracing::info!(
             "tools: {}",
@@ -156,5 +216,12 @@ impl Handler for ToolsNode {
             Ok(())
         });
         Ok(())
+    }
+
+    async fn on_stop(&self, _ctx: &Ctx) {
+        // Ends the MCP sessions; stdio servers are child processes and end with them.
+        for client in self.mcp_clients.lock().expect("clients").drain(..) {
+            client.cancellation_token().cancel();
+        }
     }
 }

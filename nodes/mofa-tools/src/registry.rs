@@ -1,7 +1,8 @@
-//! The tools a node offers, each with its compiled argument schema.
+//! The tools a node offers, each with its compiled argument schema. Tools can join while the
+//! node runs (an MCP server's, once connected).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use mofa_kernel::tool::{Tool, ToolError, ToolSpec};
@@ -14,7 +15,7 @@ struct Entry {
 }
 
 pub struct Registry {
-    tools: BTreeMap<String, Entry>,
+    tools: RwLock<BTreeMap<String, Arc<Entry>>>,
     timeout: Duration,
 }
 
@@ -22,41 +23,46 @@ impl Registry {
     /// `timeout` bounds every call.
     pub fn new(timeout: Duration) -> Self {
         Registry {
-            tools: BTreeMap::new(),
+            tools: RwLock::default(),
             timeout,
         }
     }
 
     /// Adds a tool; its parameter schema must compile.
-    pub fn add(&mut self, tool: Arc<dyn Tool>) -> Result<(), String> {
+    pub fn add(&self, tool: Arc<dyn Tool>) -> Result<(), String> {
         let spec = tool.spec();
         let validator = jsonschema::validator_for(&spec.parameters)
             .map_err(|e| format!("tool {}: its parameter schema is invalid: {e}", spec.name))?;
-        self.tools.insert(
-            spec.name.clone(),
-            Entry {
-                tool,
-                spec,
-                validator,
-            },
-        );
+        let entry = Arc::new(Entry {
+            tool,
+            spec,
+            validator,
+        });
+        self.tools
+            .write()
+            .expect("registry lock")
+            .insert(entry.spec.name.clone(), entry);
         Ok(())
     }
 
     pub fn specs(&self) -> Vec<ToolSpec> {
-        self.tools.values().map(|e| e.spec.clone()).collect()
+        let tools = self.tools.read().expect("registry lock");
+        tools.values().map(|e| e.spec.clone()).collect()
     }
 
     /// Checks the arguments (JSON text) against the tool's schema, then runs it within the time
     /// limit. A panic in the tool fails this call only.
     pub async fn call(&self, name: &str, arguments: &str) -> Result<Value, ToolError> {
-        let entry = self.tools.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.tools.keys().map(String::as_str).collect();
-            ToolError::Failed(format!(
-                "unknown tool `{name}`; available: {}",
-                known.join(", ")
-            ))
-        })?;
+        let entry = {
+            let tools = self.tools.read().expect("registry lock");
+            tools.get(name).cloned().ok_or_else(|| {
+                let known: Vec<&str> = tools.keys().map(String::as_str).collect();
+                ToolError::Failed(format!(
+                    "unknown tool `{name}`; available: {}",
+                    known.join(", ")
+                ))
+            })?
+        };
         let args: Value = if arguments.trim().is_empty() {
             Value::Object(Default::default())
         } else {

@@ -46,7 +46,7 @@ fn call(name: &str, args: Value) -> Envelope {
 }
 
 fn node(extra: Vec<Arc<dyn Tool>>) -> ToolsNode {
-    let mut r = Registry::new(Duration::from_millis(300));
+    let r = Registry::new(Duration::from_millis(300));
     r.add(Arc::new(Calculator)).unwrap();
     r.add(Arc::new(Clock)).unwrap();
     for t in extra {
