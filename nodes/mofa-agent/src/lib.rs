@@ -17,7 +17,9 @@
 //! MOFA_MEMORY_WINDOW (messages kept per session, default 20), MOFA_MAX_SESSIONS (1000),
 //! MOFA_AGENT_TIMEOUT_MS (how long to wait for the LLM, default 300000), MOFA_TEMPERATURE,
 //! MOFA_TOP_P, MOFA_MAX_TOKENS, MOFA_SEED, MOFA_STREAM, MOFA_MAX_STEPS (tool rounds, 8),
-//! MOFA_AWAIT_CATALOG (hold tasks until the tool catalog has come; default false).
+//! MOFA_AWAIT_CATALOG (hold tasks until the tool catalog has come; default false),
+//! MOFA_REACT_MODE (`native` function calling, or `text`: Thought/Action/Observation in plain
+//! text, for endpoints without tool support).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,9 @@ pub struct AgentConfig {
     /// Hold tasks until the tool catalog has come (or its input has closed), so the first
     /// task already sees the tools.
     pub await_catalog: bool,
+    /// Text ReAct (Thought/Action/Observation in the text) for endpoints without function
+    /// calling, instead of native tool calls.
+    pub text_react: bool,
 }
 
 impl AgentConfig {
@@ -73,6 +78,17 @@ impl AgentConfig {
             llm_timeout: config::millis_or("MOFA_AGENT_TIMEOUT_MS", Duration::from_secs(300))?,
             max_steps: config::parse_or("MOFA_MAX_STEPS", 8u32)?,
             await_catalog: config::flag_or("MOFA_AWAIT_CATALOG", false)?,
+            text_react: match config::optional("MOFA_REACT_MODE").as_deref() {
+                None | Some("native") => false,
+                Some("text") => true,
+                Some(other) => {
+                    return Err(ConfigError::invalid(
+                        "MOFA_REACT_MODE",
+                        other,
+                        "expected native or text",
+                    ));
+                }
+            },
             options: ChatOptions {
                 model: None,
                 temperature: config::optional("MOFA_TEMPERATURE")
@@ -231,11 +247,23 @@ impl Agent {
 
     /// Sends the conversation so far to the LLM, with the tools when there are any.
     fn ask_llm(&self, ctx: &Ctx, tools: &[ToolSpec], p: &mut Pending) {
-        let request = ChatRequest {
+        let mut request = ChatRequest {
             messages: p.messages.clone(),
             tools: tools.to_vec(),
             options: self.cfg.options.clone(),
         };
+        if self.cfg.text_react && !tools.is_empty() {
+            // The tools go in the text; the model stops where the observation belongs.
+            request.tools.clear();
+            if let Some(system) = request
+                .messages
+                .first_mut()
+                .filter(|m| m.role == Role::System)
+            {
+                system.content.push_str(&text_react_instructions(tools));
+            }
+            request.options.stop.push("Observation:".into());
+        }
         let mut req = request.to_envelope(&p.task, &self.cfg.name);
         req.id = request_id(&p.task, p.step);
         p.awaiting = Awaiting::Llm;
@@ -364,6 +392,13 @@ impl Agent {
             p.usage.completion_tokens += u.completion_tokens;
             p.usage.total_tokens += u.total_tokens;
         }
+        let mut response = response;
+        if self.cfg.text_react && !st.tools.is_empty() {
+            match parse_text_react(&response.message.content, p.step) {
+                TextStep::Final(answer) => response.message.content = answer,
+                TextStep::Call(call) => response.message.tool_calls = vec![call],
+            }
+        }
         let calls = response.message.tool_calls.clone();
         if calls.is_empty() || st.tools.is_empty() {
             let done = Ok((response.message.content, response.model));
@@ -375,6 +410,10 @@ impl Agent {
                 self.cfg.max_steps
             ));
             return self.finish(ctx, &mut st, p, Err(f));
+        }
+        if self.cfg.text_react {
+            // An endpoint without tool support knows no tool_calls: the text carries the call.
+            response.message.tool_calls.clear();
         }
         p.messages.push(response.message);
         let envelopes: Vec<Envelope> = calls
@@ -433,11 +472,15 @@ impl Agent {
             "observation": observation,
             "ok": ok,
         }));
-        results[i] = Some(ChatMessage {
-            role: Role::Tool,
-            content: observation,
-            tool_calls: Vec::new(),
-            tool_call_id: Some(call.id.clone()),
+        results[i] = Some(if self.cfg.text_react {
+            ChatMessage::new(Role::User, format!("Observation: {observation}"))
+        } else {
+            ChatMessage {
+                role: Role::Tool,
+                content: observation,
+                tool_calls: Vec::new(),
+                tool_call_id: Some(call.id.clone()),
+            }
         });
         if results.iter().all(Option::is_some) {
             let done: Vec<ChatMessage> = results.drain(..).flatten().collect();
@@ -524,6 +567,51 @@ impl Agent {
                 ctx.fail(&cause, f);
             }
         }
+    }
+}
+
+/// What the model is told in text ReAct mode.
+fn text_react_instructions(tools: &[ToolSpec]) -> String {
+    let mut s = String::from(
+        "\n\nYou can use tools. To use one, reply exactly:\nThought: <your reasoning>\nAction: <tool name>\nAction Input: <JSON arguments>\nThen wait for the Observation. When you know the answer, reply:\nFinal Answer: <the answer>\nTools:\n",
+    );
+    for t in tools {
+        s.push_str(&format!(
+            "- {}: {} Arguments: {}\n",
+            t.name, t.description, t.parameters
+        ));
+    }
+    s
+}
+
+enum TextStep {
+    Call(ToolCall),
+    Final(String),
+}
+
+/// Reads a text ReAct reply: a call (`Action:` + `Action Input:`), or the final answer (after
+/// `Final Answer:`, or the whole text when it follows neither form).
+fn parse_text_react(text: &str, step: u32) -> TextStep {
+    if let Some((_, answer)) = text.split_once("Final Answer:") {
+        return TextStep::Final(answer.trim().to_owned());
+    }
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_owned()))
+    };
+    match field("Action:") {
+        Some(name) if !name.is_empty() => {
+            let input = text
+                .split_once("Action Input:")
+                .map(|(_, rest)| rest.trim().to_owned())
+                .unwrap_or_else(|| "{}".into());
+            TextStep::Call(ToolCall {
+                id: format!("text_call_{step}"),
+                name,
+                arguments: input,
+            })
+        }
+        _ => TextStep::Final(text.trim().to_owned()),
     }
 }
 

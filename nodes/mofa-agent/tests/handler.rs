@@ -19,6 +19,7 @@ fn agent(window: usize, timeout_ms: u64) -> Agent {
         options: ChatOptions::default(),
         max_steps: 3,
         await_catalog: false,
+        text_react: false,
     })
 }
 
@@ -484,4 +485,67 @@ fn the_step_limit_ends_a_task_that_keeps_calling_tools() {
             .len(),
         3
     );
+}
+
+#[test]
+fn text_react_reads_actions_from_the_text_and_answers_with_observations() {
+    let text_agent = Agent::new(AgentConfig {
+        name: "writer".into(),
+        system_prompt: "You are the writer.".into(),
+        memory_window: 10,
+        max_sessions: 100,
+        llm_timeout: Duration::from_millis(5000),
+        options: ChatOptions::default(),
+        max_steps: 3,
+        await_catalog: false,
+        text_react: true,
+    });
+    let task = in_session("what is 2+2?", "s");
+    let action = llm_final(
+        &task,
+        0,
+        "Thought: I need arithmetic.\nAction: calculator\nAction Input: {\"expression\": \"2+2\"}",
+    );
+    let sent = harness::run(
+        text_agent,
+        vec![
+            envelope(0.0, "catalog", &catalog()),
+            envelope(0.01, "task", &task),
+            envelope(0.05, "llm", &action),
+            envelope(
+                0.08,
+                "tools",
+                &tool_answer(&task, 0, 0, Ok(serde_json::json!({"value": 4.0}))),
+            ),
+            envelope(
+                0.12,
+                "llm",
+                &llm_final(&task, 1, "Thought: done.\nFinal Answer: 4"),
+            ),
+        ],
+    );
+    let reqs = on(&sent, "llm");
+    let first = ChatRequest::from_envelope(&reqs[0]).unwrap();
+    assert!(
+        first.tools.is_empty(),
+        "text mode sends no tool definitions"
+    );
+    assert!(
+        first.messages[0].content.contains("Action Input:")
+            && first.messages[0].content.contains("- calculator:")
+    );
+    assert_eq!(first.options.stop, ["Observation:"]);
+    let call = wire::call_from_envelope(&on(&sent, "tools")[0]).unwrap();
+    assert_eq!(
+        (call.name.as_str(), call.arguments.as_str()),
+        ("calculator", "{\"expression\": \"2+2\"}")
+    );
+    let second = ChatRequest::from_envelope(&reqs[1]).unwrap();
+    let last = second.messages.last().unwrap();
+    assert_eq!(
+        (last.role, last.content.as_str()),
+        (Role::User, "Observation: {\"value\":4.0}")
+    );
+    assert!(second.messages.iter().all(|m| m.tool_calls.is_empty()));
+    assert_eq!(on(&sent, "result")[0].content, "4");
 }
