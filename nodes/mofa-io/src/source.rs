@@ -2,7 +2,8 @@
 //! MOFA_TASKS_FILE (JSONL, one task per line: `{"task": "...", "session": "...",
 //! "priority": 0-3 or "low"|"normal"|"high"|"critical"}`). It sends each task on `task`, one
 //! message each, in file order, then ends; its end closes the downstream inputs, so a chain
-//! drains behind it. MOFA_TASK_INTERVAL_MS paces the tasks (default 0: all at once).
+//! drains behind it. MOFA_TASK_INTERVAL_MS paces the tasks (default 0: all at once), in
+//! bursts of MOFA_TASK_BURST (default 1).
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use serde::Deserialize;
 pub struct Source {
     tasks: Vec<Envelope>,
     interval: Duration,
+    burst: usize,
 }
 
 #[derive(Deserialize)]
@@ -74,11 +76,14 @@ impl Source {
         Source {
             tasks,
             interval: Duration::ZERO,
+            burst: 1,
         }
     }
 
-    pub fn with_interval(mut self, interval: Duration) -> Self {
+    /// Sends `burst` tasks at a time, `interval` apart.
+    pub fn with_pacing(mut self, interval: Duration, burst: usize) -> Self {
         self.interval = interval;
+        self.burst = burst.max(1);
         self
     }
 
@@ -114,8 +119,10 @@ impl Source {
                 );
             }
         };
-        Ok(Source::new(tasks)
-            .with_interval(config::millis_or("MOFA_TASK_INTERVAL_MS", Duration::ZERO)?))
+        Ok(Source::new(tasks).with_pacing(
+            config::millis_or("MOFA_TASK_INTERVAL_MS", Duration::ZERO)?,
+            config::parse_or("MOFA_TASK_BURST", 1usize)?,
+        ))
     }
 }
 
@@ -123,7 +130,7 @@ impl Source {
 impl Handler for Source {
     async fn on_start(&self, ctx: &Ctx) -> Result<(), Failure> {
         for (i, t) in self.tasks.iter().enumerate() {
-            if i > 0 && !self.interval.is_zero() {
+            if i > 0 && i % self.burst == 0 && !self.interval.is_zero() {
                 tokio::time::sleep(self.interval).await;
             }
             let mut t = t.clone();

@@ -55,17 +55,22 @@ fn the_source_sends_each_task_in_order_then_ends() {
 
 #[test]
 fn the_source_paces_its_tasks_when_asked() {
-    let tasks = parse_tasks("{\"task\": \"a\"}\n{\"task\": \"b\"}\n").unwrap();
+    let tasks = parse_tasks("{\"task\": \"a\"}\n{\"task\": \"b\"}\n{\"task\": \"c\"}\n").unwrap();
     let sent = harness::run(
-        Source::new(tasks).with_interval(std::time::Duration::from_millis(150)),
+        Source::new(tasks).with_pacing(std::time::Duration::from_millis(150), 2),
         vec![],
     );
     let all = on(&sent, "task");
+    assert_eq!(all.len(), 3);
     assert!(
-        all[1].ts_ms - all[0].ts_ms >= 150,
+        all[1].ts_ms - all[0].ts_ms < 150,
+        "a burst of two goes at once"
+    );
+    assert!(
+        all[2].ts_ms - all[1].ts_ms >= 150,
         "{} then {}",
-        all[0].ts_ms,
-        all[1].ts_ms
+        all[1].ts_ms,
+        all[2].ts_ms
     );
 }
 
