@@ -20,29 +20,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` / `cargo test --benches`: nothing to list
     }
-    let root = dora::root();
     eprintln!("building release nodes ...");
-    let ok = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--workspace", "--bins"])
-        .current_dir(&root)
-        .status()
-        .expect("cargo")
-        .success();
-    assert!(ok, "release build failed");
-
     let dir = tempfile::tempdir().unwrap();
-    let yml = std::fs::read_to_string(root.join("dataflows/chain.yml"))
-        .unwrap()
-        .replace(
-            "../target/debug/",
-            &format!("{}/target/release/", root.display()),
-        )
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("build:"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let release_yml = dir.path().join("chain-release.yml");
-    std::fs::write(&release_yml, yml).unwrap();
+    let release_yml = dora::release_copy("chain.yml", dir.path());
     let tasks = dir.path().join("tasks.jsonl");
     let lines: String = (0..TASKS)
         .map(|i| format!("{{\"task\": \"topic {i}\"}}\n"))

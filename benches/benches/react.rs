@@ -60,27 +60,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let root = dora::root();
     eprintln!("building release nodes ...");
-    let ok = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--workspace", "--bins"])
-        .current_dir(&root)
-        .status()
-        .expect("cargo")
-        .success();
-    assert!(ok, "release build failed");
-
     let dir = tempfile::tempdir().unwrap();
-    let bin_dir = format!("{}/target/release/", root.display());
-    let yml = std::fs::read_to_string(root.join("dataflows/react.yml"))
-        .unwrap()
-        .replace("../target/debug/", &bin_dir)
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("build:"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let release_yml = dir.path().join("react-release.yml");
-    std::fs::write(&release_yml, yml).unwrap();
+    let release_yml = dora::release_copy("react.yml", dir.path());
+    let bin_dir = format!("{}/target/release/", dora::root().display());
     let tasks = dir.path().join("tasks.jsonl");
     let lines: String = (0..RUNS)
         .map(|i| format!("{{\"task\": \"compute {i} + 1\"}}\n"))
@@ -138,11 +121,9 @@ fn main() {
         run.log
     );
 
-    let results: Vec<serde_json::Value> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|l: &serde_json::Value| l["kind"] == "result")
+    let results: Vec<serde_json::Value> = dora::sink_lines(&out)
+        .into_iter()
+        .filter(|l| l["kind"] == "result")
         .collect();
     assert_eq!(results.len(), RUNS, "every run answered");
     // Task time: the session is the task's id, a UUIDv7 whose first 48 bits are its ms clock.

@@ -185,3 +185,37 @@ pub fn up_and_start(dataflow: &str, env: &[(&str, String)], limit: Duration) -> 
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     Finished { status, log, dir }
 }
+
+/// The JSON lines a sink wrote (none if it wrote nothing).
+pub fn sink_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// For benchmarks: builds the release nodes and writes into `dir` a copy of
+/// `dataflows/<dataflow>` that runs them (no build lines). Returns the copy's path.
+pub fn release_copy(dataflow: &str, dir: &Path) -> PathBuf {
+    let ok = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--workspace", "--bins"])
+        .current_dir(root())
+        .status()
+        .expect("cargo")
+        .success();
+    assert!(ok, "release build failed");
+    let yml = std::fs::read_to_string(root().join("dataflows").join(dataflow))
+        .expect("the dataflow")
+        .replace(
+            "../target/debug/",
+            &format!("{}/target/release/", root().display()),
+        )
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("build:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let copy = dir.join(dataflow);
+    std::fs::write(&copy, yml).expect("write the copy");
+    copy
+}

@@ -24,14 +24,6 @@ fn script() -> Script {
     }
 }
 
-fn sink_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
-
 /// Runs chain.yml under `dora run` with `env` and a sink file; returns the sink's lines and
 /// dora's log, after asserting that the run succeeded.
 fn run_chain(env: &[(&str, String)], limit: Duration) -> (Vec<serde_json::Value>, String) {
@@ -45,7 +37,7 @@ fn run_chain(env: &[(&str, String)], limit: Duration) -> (Vec<serde_json::Value>
         "dora run failed:\n{}",
         run.log
     );
-    (sink_lines(&sink), run.log)
+    (dora::sink_lines(&sink), run.log)
 }
 
 /// `node <id> started, pid=<n>` lines from the nodes' logs: node id → pid.
@@ -222,7 +214,7 @@ fn the_chain_runs_under_dora_up_and_dora_start_with_env_passed_by_flag() {
         "dora start failed:\n{}",
         run.log
     );
-    let lines = sink_lines(&sink);
+    let lines = dora::sink_lines(&sink);
     let last = lines.last().expect("the sink wrote lines");
     assert_eq!(last["input"], "result");
     assert_eq!(

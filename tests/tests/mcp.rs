@@ -89,11 +89,7 @@ fn mcp_tools_join_the_catalog_and_calls_return_the_servers_real_results() {
             "{name} not in {offered:?}"
         );
     }
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&sink)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = dora::sink_lines(&sink);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["kind"], "result", "{lines:#?}");
     assert!(
@@ -178,11 +174,7 @@ fn an_mcp_server_that_dies_mid_call_is_an_error_observation_and_the_agent_goes_o
         "dora run failed:\n{}",
         run.log
     );
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&sink)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = dora::sink_lines(&sink);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["kind"], "result", "the agent went on: {lines:#?}");
     let payload: serde_json::Value =

@@ -6,14 +6,6 @@ use mofa_tests::dora;
 use mofa_tests::mock_llm::{MockLlm, Rule, Script};
 use serde_json::json;
 
-fn sink_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
-
 #[test]
 fn the_agent_calls_two_tools_in_turn_and_answers_with_their_results() {
     // The mock plays the model: write a file, then compute, then answer quoting the result.
@@ -70,7 +62,7 @@ fn the_agent_calls_two_tools_in_turn_and_answers_with_their_results() {
         std::fs::read_to_string(sandbox.join("notes/otters.txt")).unwrap(),
         "Otters hold hands."
     );
-    let lines = sink_lines(&sink);
+    let lines = dora::sink_lines(&sink);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["kind"], "result");
     let answer = lines[0]["content"].as_str().unwrap();
@@ -124,7 +116,7 @@ fn react_runs_on_the_local_model_with_grammar_constrained_tool_calls() {
         "dora run failed:\n{}",
         run.log
     );
-    let lines = sink_lines(&sink);
+    let lines = dora::sink_lines(&sink);
     assert_eq!(lines.len(), 1, "one outcome for the task: {lines:#?}");
     // Whatever the 135M model makes of it, its calls were well-formed and really ran.
     let payload: serde_json::Value =
