@@ -325,21 +325,51 @@ async fn drain(ctx: &Ctx, bound: Duration) {
     }
 }
 
+/// Most rows sent in one Arrow array when messages queue up.
+const MAX_BATCH_ROWS: usize = 256;
+
+/// Sends what the handler queues. When several messages are waiting, those for the same output
+/// go out as one batch (one array, a row each): every dora send is a blocking round trip, and
+/// under load one send per message is what limits throughput. Order within an output is kept.
 fn send_loop(
     mut node: DoraNode,
     mut out: mpsc::UnboundedReceiver<Outgoing>,
     text_outputs: HashSet<String>,
 ) {
     while let Some(Outgoing::Send { output, batch }) = out.blocking_recv() {
-        let mut params = MetadataParameters::default();
-        let array = if text_outputs.contains(&output) {
-            envelope::to_text_arrow(&batch)
-        } else {
-            params.insert(SCHEMA_KEY.into(), Parameter::String(SCHEMA.into()));
-            envelope::to_arrow(&batch)
-        };
-        if let Err(e) = node.send_output(output.clone().into(), params, array) {
-            tracing::error!("could not send on `{output}`: {e}");
+        let mut pending: Vec<(String, Vec<Envelope>)> = vec![(output, batch)];
+        let mut rows = pending[0].1.len();
+        let mut closing = false;
+        while rows < MAX_BATCH_ROWS {
+            match out.try_recv() {
+                Ok(Outgoing::Send { output, batch }) => {
+                    rows += batch.len();
+                    match pending.iter_mut().find(|(o, _)| *o == output) {
+                        Some((_, queued)) => queued.extend(batch),
+                        None => pending.push((output, batch)),
+                    }
+                }
+                Ok(Outgoing::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        for (output, batch) in pending {
+            let mut params = MetadataParameters::default();
+            let array = if text_outputs.contains(&output) {
+                envelope::to_text_arrow(&batch)
+            } else {
+                params.insert(SCHEMA_KEY.into(), Parameter::String(SCHEMA.into()));
+                envelope::to_arrow(&batch)
+            };
+            if let Err(e) = node.send_output(output.clone().into(), params, array) {
+                tracing::error!("could not send on `{output}`: {e}");
+            }
+        }
+        if closing {
+            break;
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The task source: MOFA_TASK (one task, MOFA_SESSION and MOFA_PRIORITY optional) or
 //! MOFA_TASKS_FILE (JSONL, one task per line: `{"task": "...", "session": "...",
-//! "priority": 0-3 or "low"|"normal"|"high"|"critical"}`). It sends each task on `task`, one
-//! message each, in file order, then ends; its end closes the downstream inputs, so a chain
+//! "priority": 0-3 or "low"|"normal"|"high"|"critical"}`). It sends each task on `task`, a
+//! row each (the kernel may put queued rows in one array), in file order, then ends; its end closes the downstream inputs, so a chain
 //! drains behind it. MOFA_TASK_INTERVAL_MS paces the tasks (default 0: all at once), in
 //! bursts of MOFA_TASK_BURST (default 1).
 
