@@ -16,6 +16,20 @@ pub struct ToolSpec {
     pub parameters: serde_json::Value,
 }
 
+/// The tools as prompt text, a line each: `- name: description Parameters: {schema}`. For
+/// models that are told about tools in the prompt rather than through function calling.
+pub fn describe(tools: &[ToolSpec]) -> String {
+    tools
+        .iter()
+        .map(|t| {
+            format!(
+                "- {}: {} Parameters: {}\n",
+                t.name, t.description, t.parameters
+            )
+        })
+        .collect()
+}
+
 /// Why a call failed. The agent returns it to the model as an observation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ToolError {

@@ -572,16 +572,8 @@ impl Agent {
 
 /// What the model is told in text ReAct mode.
 fn text_react_instructions(tools: &[ToolSpec]) -> String {
-    let mut s = String::from(
-        "\n\nYou can use tools. To use one, reply exactly:\nThought: <your reasoning>\nAction: <tool name>\nAction Input: <JSON arguments>\nThen wait for the Observation. When you know the answer, reply:\nFinal Answer: <the answer>\nTools:\n",
-    );
-    for t in tools {
-        s.push_str(&format!(
-            "- {}: {} Arguments: {}\n",
-            t.name, t.description, t.parameters
-        ));
-    }
-    s
+    "\n\nYou can use tools. To use one, reply exactly:\nThought: <your reasoning>\nAction: <tool name>\nAction Input: <JSON arguments>\nThen wait for the Observation. When you know the answer, reply:\nFinal Answer: <the answer>\nTools:\n".to_owned()
+        + &wire::describe(tools)
 }
 
 enum TextStep {

@@ -134,6 +134,12 @@ impl Handler for Source {
                 tokio::time::sleep(self.interval).await;
             }
             let mut t = t.clone();
+            // Ids and times are those of the send, not of reading the file: ids are time-ordered.
+            let fresh = mofa_kernel::envelope::new_id();
+            if t.session == t.id {
+                t.session = fresh.clone();
+            }
+            t.id = fresh;
             t.sender = ctx.node_id().to_owned();
             t.ts_ms = mofa_kernel::envelope::now_ms();
             tracing::info!(session = %t.session, "task: {}", t.content);

@@ -257,16 +257,8 @@ pub fn tool_call_schema(tools: &[ToolSpec], call_required: bool) -> Value {
 }
 
 fn tools_instruction(tools: &[ToolSpec]) -> String {
-    let mut s = String::from(
-        "You can call tools. Reply with JSON only: {\"name\": <tool>, \"arguments\": {...}} to call a tool, or {\"answer\": \"...\"} to answer.\nTools:\n",
-    );
-    for t in tools {
-        s.push_str(&format!(
-            "- {}: {} Parameters: {}\n",
-            t.name, t.description, t.parameters
-        ));
-    }
-    s
+    "You can call tools. Reply with JSON only: {\"name\": <tool>, \"arguments\": {...}} to call a tool, or {\"answer\": \"...\"} to answer.\nTools:\n".to_owned()
+        + &mofa_kernel::tool::describe(tools)
 }
 
 struct Generation {
