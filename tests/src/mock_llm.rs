@@ -229,13 +229,7 @@ async fn chat(
         .map(|m| m["content"].as_str().unwrap_or_default())
         .collect::<Vec<_>>()
         .join("\n");
-    let last_user = messages
-        .iter()
-        .rev()
-        .find(|m| m["role"] == "user")
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let last_user = last_content(&messages, "user");
 
     let rule = {
         let mut guard = inner.script.lock().unwrap();
@@ -254,18 +248,23 @@ async fn chat(
     if rule.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(rule.delay_ms)).await;
     }
-    let last_tool = messages
-        .iter()
-        .rev()
-        .find(|m| m["role"] == "tool")
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let last_tool = last_content(&messages, "tool");
     let response = answer(&rule, &body, n, (&last_user, &last_tool), &all_text);
     if let Some(r) = inner.requests.lock().unwrap().get_mut(n as usize - 1) {
         r.end_us = micros(inner.started);
     }
     response
+}
+
+/// The content of the last message with this role ("" if none).
+fn last_content(messages: &[Value], role: &str) -> String {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == role)
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn answer(
