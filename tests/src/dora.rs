@@ -12,7 +12,7 @@ pub fn root() -> PathBuf {
         .to_owned()
 }
 
-/// The pinned dora CLI: $DORA_BIN, else the project's virtualenv (scripts/setup.sh).
+/// The pinned dora CLI: $DORA_BIN, else the project's virtualenv (bin/setup).
 pub fn dora_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("DORA_BIN") {
         return p.into();
@@ -20,7 +20,7 @@ pub fn dora_bin() -> PathBuf {
     let venv = root().join(".venv/bin/dora");
     assert!(
         venv.exists(),
-        "the dora CLI is not installed: run scripts/setup.sh (looked for {})",
+        "the dora CLI is not installed: run bin/setup (looked for {})",
         venv.display()
     );
     venv

@@ -186,3 +186,59 @@ fn an_mcp_server_that_dies_mid_call_is_an_error_observation_and_the_agent_goes_o
         "{payload}"
     );
 }
+
+/// The scenarios of the MCP conformance suite (client mode) our client passes; the others (the
+/// OAuth flows) are counted in BENCHMARKS.md.
+const CONFORMANCE_PASSING: [&str; 4] = [
+    "initialize",
+    "tools_call",
+    "elicitation-sep1034-client-defaults",
+    "sse-retry",
+];
+
+#[test]
+fn the_mcp_client_passes_the_conformance_scenarios() {
+    let suite =
+        dora::root().join("tests/mcp/node_modules/@modelcontextprotocol/conformance/dist/index.js");
+    for scenario in CONFORMANCE_PASSING {
+        let out = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new("node");
+        cmd.arg(&suite)
+            .args(["client", "--scenario", scenario, "--command"])
+            .arg(env!("CARGO_BIN_EXE_mcp-conformance-client"))
+            .arg("-o")
+            .arg(out.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut run = dora::Guard {
+            child: cmd.spawn().expect("node runs the conformance suite"),
+        };
+        let status = run.wait(Duration::from_secs(90));
+        let mut report = String::new();
+        if let Some(mut stdout) = run.child.stdout.take() {
+            std::io::Read::read_to_string(&mut stdout, &mut report).unwrap();
+        }
+        // One folder per run, holding the checks the suite made.
+        let checks_file = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().path().join("checks.json"))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{scenario}: no checks.json\n{report}"));
+        let checks: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(checks_file).unwrap()).unwrap();
+        let verdicts: Vec<(&str, &str)> = checks
+            .iter()
+            .filter(|c| c["status"] != "INFO")
+            .map(|c| (c["id"].as_str().unwrap(), c["status"].as_str().unwrap()))
+            .collect();
+        assert!(!verdicts.is_empty(), "{scenario}: no checks made\n{report}");
+        assert!(
+            verdicts
+                .iter()
+                .all(|(_, s)| *s == "SUCCESS" || *s == "WARNING"),
+            "{scenario}: {verdicts:?}\n{report}"
+        );
+        assert!(status.is_some_and(|s| s.success()), "{scenario}\n{report}");
+    }
+}
