@@ -4,12 +4,14 @@
 //! - [`node`]: the one lifecycle every node binary runs (`node::run`).
 //! - [`llm`], [`tool`], [`plugin`]: the provider, tool and plugin traits.
 //! - [`config`]: reading a node's configuration from its environment.
+//! - [`queue`]: the priority queue where work waits for a free slot.
 
 pub mod config;
 pub mod envelope;
 pub mod llm;
 pub mod node;
 pub mod plugin;
+pub mod queue;
 pub mod tool;
 
 pub use envelope::{Envelope, Kind, Priority, Role};

@@ -253,3 +253,59 @@ fn the_chain_runs_on_the_embedded_local_model() {
         assert!(payload["usage"]["completion_tokens"].as_u64().unwrap() > 0);
     }
 }
+
+#[test]
+fn with_work_queued_a_critical_task_is_served_before_earlier_normal_ones() {
+    // One task at a time per agent, and a slow LLM: the first task runs, the rest queue.
+    let mock = MockLlm::start(Script {
+        rules: vec![Rule {
+            delay_ms: 300,
+            ..persona_rule("researcher", "FACTS[{last}]")
+        }],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks.jsonl");
+    let lines = [
+        r#"{"task": "first normal", "session": "n1"}"#,
+        r#"{"task": "second normal", "session": "n2"}"#,
+        r#"{"task": "third normal", "session": "n3", "priority": "normal"}"#,
+        r#"{"task": "the critical one", "session": "c", "priority": "critical"}"#,
+        r#"{"task": "a low one", "session": "l", "priority": "low"}"#,
+    ];
+    std::fs::write(&tasks, lines.join("\n")).unwrap();
+    let (out, log) = run_chain(
+        &[
+            ("OPENAI_BASE_URL", mock.base_url()),
+            ("MOFA_TASKS_FILE", tasks.display().to_string()),
+            ("MOFA_MAX_CONCURRENT", "1".into()),
+        ],
+        Duration::from_secs(120),
+    );
+    let finals = out.iter().filter(|l| l["input"] == "result").count();
+    assert_eq!(finals, 5, "{out:#?}\n{log}");
+    let mut researcher: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.system().contains("You are the researcher."))
+        .collect();
+    researcher.sort_by_key(|r| r.start_us);
+    let order: Vec<String> = researcher.iter().map(|r| r.prompt()).collect();
+    let position = |task: &str| {
+        order
+            .iter()
+            .position(|p| p.contains(task))
+            .unwrap_or_else(|| panic!("{task} never reached the LLM: {order:#?}"))
+    };
+    // The first task starts at once; of those that queued, critical goes first and low last.
+    assert_eq!(position("first normal"), 0, "{order:#?}");
+    assert_eq!(position("the critical one"), 1, "{order:#?}");
+    assert!(
+        position("second normal") < position("third normal"),
+        "{order:#?}"
+    );
+    assert_eq!(position("a low one"), 4, "{order:#?}");
+    // One at a time: no two researcher requests overlapped.
+    for w in researcher.windows(2) {
+        assert!(w[0].end_us <= w[1].start_us, "requests overlapped");
+    }
+}

@@ -10,11 +10,15 @@
 //! result's payload records the steps taken.
 //!
 //! Sessions are independent: a task whose session is waiting on the LLM queues behind it (so
-//! the memory stays in order), while other sessions go ahead at once. The node ends by itself
-//! once `task` is closed and no work is left, so a chain drains from its source to its sink.
+//! the memory stays in order), while other sessions go ahead at once, up to
+//! MOFA_MAX_CONCURRENT tasks in flight; past that, tasks wait in the kernel's priority queue
+//! and the highest priority starts first (critical before normal, oldest first among equals).
+//! The node ends by itself once `task` is closed and no work is left, so a chain drains from
+//! its source to its sink.
 //!
 //! Env: MOFA_AGENT_NAME (default: the node id), MOFA_SYSTEM_PROMPT or MOFA_SYSTEM_PROMPT_FILE,
 //! MOFA_MEMORY_WINDOW (messages kept per session, default 20), MOFA_MAX_SESSIONS (1000),
+//! MOFA_MAX_CONCURRENT (tasks in flight at once; default 0, no limit),
 //! MOFA_AGENT_TIMEOUT_MS (how long to wait for the LLM, default 300000), MOFA_TEMPERATURE,
 //! MOFA_TOP_P, MOFA_MAX_TOKENS, MOFA_SEED, MOFA_STREAM, MOFA_MAX_STEPS (tool rounds, 8),
 //! MOFA_AWAIT_CATALOG (hold tasks until the tool catalog has come; default false),
@@ -29,6 +33,7 @@ use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse, ToolCall, Usage};
 use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::queue::PriorityQueue;
 use mofa_kernel::tool::{self as wire, ToolSpec};
 use mofa_kernel::{Envelope, Kind, Role};
 use tokio::sync::oneshot;
@@ -39,6 +44,8 @@ pub struct AgentConfig {
     pub system_prompt: String,
     pub memory_window: usize,
     pub max_sessions: usize,
+    /// Tasks in flight at once (0: no limit); the rest wait, highest priority first.
+    pub max_concurrent: usize,
     pub llm_timeout: Duration,
     pub options: ChatOptions,
     /// Tool rounds before the task fails with the steps so far.
@@ -75,6 +82,10 @@ impl AgentConfig {
             system_prompt,
             memory_window,
             max_sessions: config::parse_or("MOFA_MAX_SESSIONS", 1000usize)?.max(1),
+            max_concurrent: match config::parse_or("MOFA_MAX_CONCURRENT", 0usize)? {
+                0 => usize::MAX,
+                n => n,
+            },
             llm_timeout: config::millis_or("MOFA_AGENT_TIMEOUT_MS", Duration::from_secs(300))?,
             max_steps: config::parse_or("MOFA_MAX_STEPS", 8u32)?,
             await_catalog: config::flag_or("MOFA_AWAIT_CATALOG", false)?,
@@ -159,6 +170,10 @@ struct State {
     tools: Vec<ToolSpec>,
     /// Tasks held until the catalog comes (MOFA_AWAIT_CATALOG).
     held: Vec<Envelope>,
+    /// Tasks waiting for a slot (MOFA_MAX_CONCURRENT).
+    ready: PriorityQueue<Envelope>,
+    /// Tasks in flight.
+    running: usize,
     catalog_ready: bool,
     clock: u64,
     task_closed: bool,
@@ -167,6 +182,7 @@ struct State {
 impl State {
     fn busy(&self) -> bool {
         !self.held.is_empty()
+            || !self.ready.is_empty()
             || self
                 .sessions
                 .values()
@@ -216,6 +232,7 @@ impl Agent {
 
     /// Starts `task` (its session must be free): the first LLM request.
     fn start(&self, ctx: &Ctx, st: &mut State, task: Envelope) {
+        st.running += 1;
         st.clock += 1;
         let clock = st.clock;
         let session = st.sessions.entry(task.session.clone()).or_default();
@@ -308,19 +325,34 @@ impl Agent {
         });
     }
 
-    /// Starts the session's next queued task, or ends the node if all work is done.
+    /// A task of `session` has ended: its session's next task competes for the free slot,
+    /// the highest-priority waiting task starts, or the node ends if all work is done.
     fn next(&self, ctx: &Ctx, st: &mut State, session: &str) {
-        let queued = st
+        st.running -= 1;
+        if let Some(task) = st
             .sessions
             .get_mut(session)
-            .and_then(|s| s.queued.pop_front());
-        match queued {
-            Some(task) => self.start(ctx, st, task),
-            None => {
-                st.evict(self.cfg.max_sessions);
-                if st.task_closed && !st.busy() {
-                    ctx.exit();
-                }
+            .and_then(|s| s.queued.pop_front())
+        {
+            st.ready.push(task.priority, task);
+        }
+        self.pump(ctx, st);
+        st.evict(self.cfg.max_sessions);
+        if st.task_closed && !st.busy() {
+            ctx.exit();
+        }
+    }
+
+    /// Starts waiting tasks, highest priority first, while slots are free. A task whose
+    /// session is busy waits behind it instead, so a session's memory stays in order.
+    fn pump(&self, ctx: &Ctx, st: &mut State) {
+        while st.running < self.cfg.max_concurrent {
+            let Some(task) = st.ready.pop() else { break };
+            let session = st.sessions.entry(task.session.clone()).or_default();
+            if session.pending.is_some() {
+                session.queued.push_back(task);
+            } else {
+                self.start(ctx, st, task);
             }
         }
     }
@@ -343,12 +375,8 @@ impl Agent {
             st.held.push(task);
             return Ok(());
         }
-        let session = st.sessions.entry(task.session.clone()).or_default();
-        if session.pending.is_some() {
-            session.queued.push_back(task);
-        } else {
-            self.start(ctx, &mut st, task);
-        }
+        st.ready.push(task.priority, task);
+        self.pump(ctx, &mut st);
         Ok(())
     }
 

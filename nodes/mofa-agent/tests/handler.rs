@@ -6,15 +6,20 @@ use std::time::Duration;
 use mofa_agent::{Agent, AgentConfig, request_id, tool_call_id};
 use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse, ToolCall, Usage};
 use mofa_kernel::tool::{self as wire, ToolSpec};
-use mofa_kernel::{Envelope, Kind, Role};
+use mofa_kernel::{Envelope, Kind, Priority, Role};
 use mofa_tests::harness::{self, closed, envelope, envelopes, on, raw};
 
 fn agent(window: usize, timeout_ms: u64) -> Agent {
+    agent_with(window, timeout_ms, usize::MAX)
+}
+
+fn agent_with(window: usize, timeout_ms: u64, max_concurrent: usize) -> Agent {
     Agent::new(AgentConfig {
         name: "writer".into(),
         system_prompt: "You are the writer.".into(),
         memory_window: window,
         max_sessions: 100,
+        max_concurrent,
         llm_timeout: Duration::from_millis(timeout_ms),
         options: ChatOptions::default(),
         max_steps: 3,
@@ -494,6 +499,7 @@ fn text_react_reads_actions_from_the_text_and_answers_with_observations() {
         system_prompt: "You are the writer.".into(),
         memory_window: 10,
         max_sessions: 100,
+        max_concurrent: usize::MAX,
         llm_timeout: Duration::from_millis(5000),
         options: ChatOptions::default(),
         max_steps: 3,
@@ -548,4 +554,32 @@ fn text_react_reads_actions_from_the_text_and_answers_with_observations() {
     );
     assert!(second.messages.iter().all(|m| m.tool_calls.is_empty()));
     assert_eq!(on(&sent, "result")[0].content, "4");
+}
+
+#[test]
+fn at_the_concurrency_limit_waiting_tasks_start_highest_priority_first() {
+    let n1 = in_session("n1", "a");
+    let n2 = in_session("n2", "b");
+    let c = in_session("c", "c").with_priority(Priority::Critical);
+    let n3 = in_session("n3", "a"); // behind n1 in its own session
+    let sent = harness::run(
+        agent_with(10, 5000, 1),
+        vec![
+            envelopes(
+                0.0,
+                "task",
+                &[n1.clone(), n2.clone(), c.clone(), n3.clone()],
+            ),
+            envelopes(0.1, "llm", &[llm_answer(&n1, "1")]),
+            envelopes(0.2, "llm", &[llm_answer(&c, "c")]),
+            envelopes(0.3, "llm", &[llm_answer(&n2, "2")]),
+            envelopes(0.4, "llm", &[llm_answer(&n3, "3")]),
+        ],
+    );
+    let started: Vec<String> = on(&sent, "llm")
+        .iter()
+        .map(|r| request_texts(r).last().cloned().unwrap())
+        .collect();
+    assert_eq!(started, ["user:n1", "user:c", "user:n2", "user:n3"]);
+    assert_eq!(on(&sent, "result").len(), 4);
 }
