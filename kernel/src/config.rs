@@ -90,6 +90,50 @@ pub fn flag_or(var: &str, default: bool) -> Result<bool, ConfigError> {
     }
 }
 
+/// A comma-separated list (items trimmed, empty ones dropped); empty when unset.
+pub fn list(var: &str) -> Vec<String> {
+    optional(var)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A list of names used as dora input/output ids: at least `min`, no duplicates, each of
+/// letters, digits, `_` and `-` (what dora accepts as an id).
+pub fn names(var: &str, min: usize, hint: &str) -> Result<Vec<String>, ConfigError> {
+    let names = list(var);
+    if names.len() < min {
+        return Err(match optional(var) {
+            None => ConfigError::Missing {
+                var: var.to_owned(),
+                hint: hint.to_owned(),
+            },
+            Some(v) => ConfigError::invalid(var, v, format!("needs at least {min} names")),
+        });
+    }
+    for (i, n) in names.iter().enumerate() {
+        if !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::invalid(
+                var,
+                n.clone(),
+                "names are letters, digits, `_` and `-`",
+            ));
+        }
+        if names[..i].contains(n) {
+            return Err(ConfigError::invalid(var, n.clone(), "named twice"));
+        }
+    }
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +179,25 @@ mod tests {
         assert!(
             both.to_string()
                 .contains("set MOFA_TEST_CFG_MS or MOFA_TEST_CFG_FLAG, not both")
+        );
+    }
+
+    #[test]
+    fn lists_and_names() {
+        unsafe { std::env::set_var("MOFA_TEST_CFG_LIST", " a, b ,,c ") };
+        unsafe { std::env::set_var("MOFA_TEST_CFG_DUP", "a,b,a") };
+        unsafe { std::env::set_var("MOFA_TEST_CFG_BAD", "a,b c") };
+        assert_eq!(list("MOFA_TEST_CFG_LIST"), ["a", "b", "c"]);
+        assert!(list("MOFA_TEST_CFG_ABSENT").is_empty());
+        assert_eq!(names("MOFA_TEST_CFG_LIST", 2, "x").unwrap().len(), 3);
+        let few = names("MOFA_TEST_CFG_LIST", 4, "x").unwrap_err();
+        assert!(few.to_string().contains("at least 4"), "{few}");
+        assert!(names("MOFA_TEST_CFG_DUP", 1, "x").is_err());
+        assert!(names("MOFA_TEST_CFG_BAD", 1, "x").is_err());
+        let unset = names("MOFA_TEST_CFG_ABSENT", 1, "the members").unwrap_err();
+        assert_eq!(
+            unset.to_string(),
+            "MOFA_TEST_CFG_ABSENT is not set: the members"
         );
     }
 }
