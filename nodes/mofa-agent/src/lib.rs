@@ -40,7 +40,8 @@ use tokio::sync::oneshot;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub name: String,
+    /// MOFA_AGENT_NAME; `None`: the node id.
+    pub name: Option<String>,
     pub system_prompt: String,
     pub memory_window: usize,
     pub max_sessions: usize,
@@ -60,14 +61,15 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let name = config::optional("MOFA_AGENT_NAME")
-            .or_else(|| config::optional("DORA_NODE_ID"))
-            .unwrap_or_else(|| "agent".into());
+        let name = config::optional("MOFA_AGENT_NAME");
         let system_prompt = match config::either("MOFA_SYSTEM_PROMPT", "MOFA_SYSTEM_PROMPT_FILE")? {
             Some((true, prompt)) => prompt,
             Some((false, path)) => std::fs::read_to_string(&path)
                 .map_err(|e| ConfigError::invalid("MOFA_SYSTEM_PROMPT_FILE", path, e))?,
-            None => format!("You are {name}, a helpful assistant."),
+            None => match &name {
+                Some(name) => format!("You are {name}, a helpful assistant."),
+                None => "You are a helpful assistant.".to_owned(),
+            },
         };
         let memory_window = config::parse_or("MOFA_MEMORY_WINDOW", 20usize)?;
         if memory_window == 0 {
@@ -223,6 +225,11 @@ impl Agent {
         Ok(Agent::new(AgentConfig::from_env()?))
     }
 
+    /// The name the agent signs its messages with.
+    fn name<'a>(&'a self, ctx: &'a Ctx) -> &'a str {
+        self.cfg.name.as_deref().unwrap_or(ctx.node_id())
+    }
+
     fn clone_handle(&self) -> Agent {
         Agent {
             cfg: self.cfg.clone(),
@@ -281,7 +288,7 @@ impl Agent {
             }
             request.options.stop.push("Observation:".into());
         }
-        let mut req = request.to_envelope(&p.task, &self.cfg.name);
+        let mut req = request.to_envelope(&p.task, self.name(ctx));
         req.id = request_id(&p.task, p.step);
         p.awaiting = Awaiting::Llm;
         self.watch(ctx, p, req.id.clone());
@@ -448,7 +455,7 @@ impl Agent {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let mut e = wire::call_envelope(&p.task, &self.cfg.name, c);
+                let mut e = wire::call_envelope(&p.task, self.name(ctx), c);
                 e.id = tool_call_id(&p.task, p.step, i);
                 e
             })
@@ -543,7 +550,7 @@ impl Agent {
                     }
                 }
                 let result = task
-                    .reply(Kind::Result, &self.cfg.name, Role::Assistant, text)
+                    .reply(Kind::Result, self.name(ctx), Role::Assistant, text)
                     .with_payload(&serde_json::json!({
                         "model": model,
                         "usage": p.usage,

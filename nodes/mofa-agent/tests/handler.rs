@@ -15,7 +15,7 @@ fn agent(window: usize, timeout_ms: u64) -> Agent {
 
 fn agent_with(window: usize, timeout_ms: u64, max_concurrent: usize) -> Agent {
     Agent::new(AgentConfig {
-        name: "writer".into(),
+        name: Some("writer".into()),
         system_prompt: "You are the writer.".into(),
         memory_window: window,
         max_sessions: 100,
@@ -495,7 +495,7 @@ fn the_step_limit_ends_a_task_that_keeps_calling_tools() {
 #[test]
 fn text_react_reads_actions_from_the_text_and_answers_with_observations() {
     let text_agent = Agent::new(AgentConfig {
-        name: "writer".into(),
+        name: Some("writer".into()),
         system_prompt: "You are the writer.".into(),
         memory_window: 10,
         max_sessions: 100,

@@ -38,7 +38,6 @@ pub enum Strategy {
 
 #[derive(Debug, Clone)]
 pub struct AggregateConfig {
-    pub name: String,
     pub members: Vec<String>,
     pub quorum: usize,
     pub timeout: Duration,
@@ -89,7 +88,6 @@ impl AggregateConfig {
             }
         };
         Ok(AggregateConfig {
-            name: config::optional("DORA_NODE_ID").unwrap_or_else(|| "aggregate".into()),
             members,
             quorum,
             timeout: config::millis_or("MOFA_AGGREGATE_TIMEOUT_MS", Duration::from_secs(120))?,
@@ -359,7 +357,7 @@ impl Aggregate {
                 ],
                 ..Default::default()
             };
-            let mut req = request.to_envelope(&open.task, &self.cfg.name);
+            let mut req = request.to_envelope(&open.task, ctx.node_id());
             req.id = summary_request_id(&open.task);
             st.summaries_running += 1;
             ctx.send_one("llm", req);
@@ -432,7 +430,7 @@ impl Aggregate {
         };
         let result = open
             .task
-            .reply(Kind::Result, &self.cfg.name, Role::Assistant, text)
+            .reply(Kind::Result, ctx.node_id(), Role::Assistant, text)
             .with_payload(&self.record(d, tally));
         ctx.send_one("result", result);
         self.maybe_exit(ctx, st);

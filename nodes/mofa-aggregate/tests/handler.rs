@@ -9,7 +9,6 @@ use mofa_tests::harness::{self, closed, envelope, on};
 
 fn aggregate(quorum: usize, timeout_ms: u64, strategy: Strategy) -> Aggregate {
     Aggregate::new(AggregateConfig {
-        name: "join".into(),
         members: vec!["a".into(), "b".into(), "c".into()],
         quorum,
         timeout: Duration::from_millis(timeout_ms),

@@ -33,7 +33,6 @@ pub struct Route {
 
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
-    pub name: String,
     pub routes: Vec<Route>,
     pub prompt: String,
     pub timeout: Duration,
@@ -58,7 +57,6 @@ impl RouterConfig {
             routes.push(Route { name, description });
         }
         Ok(RouterConfig {
-            name: config::optional("DORA_NODE_ID").unwrap_or_else(|| "router".into()),
             routes,
             prompt: config::optional("MOFA_ROUTER_PROMPT").unwrap_or_else(|| PROMPT.into()),
             timeout: config::millis_or("MOFA_ROUTER_TIMEOUT_MS", Duration::from_secs(120))?,
@@ -143,7 +141,7 @@ impl Router {
                 ..Default::default()
             },
         };
-        let mut req = request.to_envelope(&task, &self.cfg.name);
+        let mut req = request.to_envelope(&task, ctx.node_id());
         req.id = request_id(&task);
         let (done, watch) = tokio::sync::oneshot::channel::<()>();
         self.state

@@ -9,7 +9,6 @@ use mofa_tests::harness::{self, envelope, on};
 
 fn router() -> Router {
     Router::new(RouterConfig {
-        name: "router".into(),
         routes: vec![
             Route {
                 name: "maths".into(),
