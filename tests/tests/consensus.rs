@@ -42,6 +42,13 @@ fn votes_are_read_from_the_vote_line_else_the_first_number_in_range() {
         parse_vote("VOTE: <the proposal's number, 1 to 3>\nVOTE: 3", 3),
         Some(3)
     );
+    // An echo of the form is no vote (seen from the 135M local model).
+    assert_eq!(parse_vote("VOTE: [the proposal's number, 1 to 3]", 3), None);
+    assert_eq!(
+        parse_vote("The proposal's number, 1 to 3, is best", 3),
+        None
+    );
+    assert_eq!(parse_vote("1 to 3: I pick 2", 3), Some(2));
 
     assert_eq!(
         vote_reason("VOTE: 2\nREASON: it is cheaper"),

@@ -222,10 +222,13 @@ pub fn member_task_id(task: &Envelope, round: u32, phase: Phase, member: &str) -
 /// The number a vote is for, among `choices` proposals numbered from 1: the number after the
 /// word `vote` (as in `VOTE: 2`, `**Vote:** #2`, `I vote for proposal 2`) if there is one, and
 /// then only if it is in range; otherwise the first integer in the text that is in range.
-/// `None` is an invalid vote, an abstention.
+/// `None` is an invalid vote, an abstention. The range the form names (`1 to 3`) is not a
+/// vote: small models echo the form, and its `1` would otherwise count for proposal 1.
 pub fn parse_vote(text: &str, choices: usize) -> Option<usize> {
     let in_range = |n: u64| (1..=choices as u64).contains(&n).then_some(n as usize);
-    let lower = text.to_ascii_lowercase();
+    let lower = text
+        .to_ascii_lowercase()
+        .replace(&format!("1 to {choices}"), "…");
     match explicit_vote(&lower) {
         Some(n) => in_range(n),
         None => integers(&lower).into_iter().find_map(in_range),
