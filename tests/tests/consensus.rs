@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use dora_node_api::integration_testing::integration_testing_format::{
+    IncomingEvent, TimedIncomingEvent,
+};
 use mofa_consensus::{
     Ballot, Consensus, ConsensusConfig, Phase, Threshold, Vote, member_task_id, parse_members,
     parse_vote, tally, vote_reason,
@@ -189,6 +192,13 @@ fn configuration_errors_name_the_variable() {
 
 // ---------------------------------------------------------------- the handler
 
+/// The handler under `init_testing`, holding [`ENV`]: the kernel reads its environment
+/// (MOFA_STOP_TIMEOUT_MS) as the node starts.
+fn run_node(node: Consensus, events: Vec<TimedIncomingEvent>) -> Vec<harness::Sent> {
+    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    harness::run(node, events)
+}
+
 fn node(rounds: u32, timeout_ms: u64) -> Consensus {
     Consensus::new(ConsensusConfig {
         members: vec!["a".into(), "b".into(), "c".into()],
@@ -229,7 +239,7 @@ fn proposals_then_votes_then_a_decision_answering_the_question() {
     let q = question("Which tree to plant?", "s1");
     let p = Phase::Propose;
     let v = Phase::Vote;
-    let sent = harness::run(
+    let sent = run_node(
         node(3, 5000),
         vec![
             envelope(0.0, "task", &q),
@@ -338,7 +348,7 @@ fn a_split_round_goes_on_showing_the_tally_and_the_last_round_says_no_consensus(
         }
     }
     events.push(closed(t + 0.05, "task"));
-    let sent = harness::run(node(2, 5000), events);
+    let sent = run_node(node(2, 5000), events);
 
     // Round 2's proposal prompt shows round 1's proposals and tally.
     let second = &on(&sent, "a")[2];
@@ -395,7 +405,7 @@ fn a_split_round_goes_on_showing_the_tally_and_the_last_round_says_no_consensus(
 fn a_failed_or_silent_member_is_absent_and_the_others_still_decide() {
     let q = question("Pick a colour", "s1");
     let (p, v) = (Phase::Propose, Phase::Vote);
-    let sent = harness::run(
+    let sent = run_node(
         node(3, 300),
         vec![
             envelope(0.0, "task", &q),
@@ -441,7 +451,7 @@ fn a_failed_or_silent_member_is_absent_and_the_others_still_decide() {
 fn a_member_whose_input_closes_is_absent_at_once_and_not_asked_again() {
     let q = question("Pick a number", "s1");
     let (p, v) = (Phase::Propose, Phase::Vote);
-    let sent = harness::run(
+    let sent = run_node(
         // A timeout far past the test: only the closed input can end c's phases.
         node(3, 60_000),
         vec![
@@ -503,7 +513,7 @@ fn bad_input_becomes_an_error_and_the_node_goes_on_with_concurrent_sessions() {
     // A late answer to a phase that is over.
     events.push(envelope(t, "a", &says(&q1, 1, p, "a", "late")));
     events.push(closed(t + 0.05, "task"));
-    let sent = harness::run(node(3, 5000), events);
+    let sent = run_node(node(3, 5000), events);
 
     let errors = on(&sent, "error");
     let messages: Vec<&str> = errors.iter().map(|e| e.content.as_str()).collect();
@@ -561,7 +571,7 @@ fn a_second_question_in_a_busy_session_waits_its_turn() {
         }
     }
     events.push(closed(t + 0.05, "task"));
-    let sent = harness::run(node(3, 5000), events);
+    let sent = run_node(node(3, 5000), events);
     let decisions: Vec<String> = on(&sent, "decision")
         .iter()
         .map(|d| d.content.clone())
@@ -927,4 +937,37 @@ fn a_failing_member_is_absent_and_two_of_three_still_decide() {
     );
     // The member's errors reached the sink too.
     assert_eq!(lines_on(&lines, "visionary_error").len(), 2, "{lines:#?}");
+}
+
+#[test]
+fn questions_still_open_at_stop_are_answered_with_an_error() {
+    let q1 = question("Open", "s");
+    let q2 = question("Queued", "s");
+    let events = vec![
+        envelope(0.0, "task", &q1),
+        envelope(0.01, "task", &q2),
+        envelope(0.02, "a", &says(&q1, 1, Phase::Propose, "a", "Mine")),
+        TimedIncomingEvent {
+            time_offset_secs: 0.05,
+            event: IncomingEvent::Stop,
+        },
+    ];
+    let sent = {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        // The phase's 60 s watch is in-flight work: stop waits for it this long, then cancels.
+        unsafe { std::env::set_var("MOFA_STOP_TIMEOUT_MS", "100") };
+        let sent = harness::run(node(3, 60_000), events);
+        unsafe { std::env::remove_var("MOFA_STOP_TIMEOUT_MS") };
+        sent
+    };
+    assert!(on(&sent, "decision").is_empty());
+    let errors = on(&sent, "error");
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(errors[0].reply_to.as_deref(), Some(q1.id.as_str()));
+    assert_eq!(
+        errors[0].content,
+        "stopped in round 1 (propose phase) before a decision"
+    );
+    assert_eq!(errors[1].reply_to.as_deref(), Some(q2.id.as_str()));
+    assert_eq!(errors[1].content, "stopped before this question's turn");
 }

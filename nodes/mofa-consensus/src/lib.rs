@@ -15,7 +15,8 @@
 //! MOFA_MEMBER_TIMEOUT_MS, or whose process has exited (its input closed) is absent for that
 //! phase; the threshold stays relative to all members. A tie for the lead is not a decision.
 //! Questions in different sessions run concurrently; one in a busy session waits its turn.
-//! The node ends by itself once `task` is closed and no question is left.
+//! The node ends by itself once `task` is closed and no question is left; stopped earlier, it
+//! answers each open question with an error carrying the rounds so far.
 //!
 //! Env: MOFA_MEMBERS (comma-separated member names, at least 2), MOFA_THRESHOLD (the share of
 //! all members' votes the leading proposal needs, as `2/3` or `0.67`, compared exactly: `0.67`
@@ -995,6 +996,29 @@ impl Handler for Consensus {
                 "unexpected input `{input}`: expected `task` or a member ({})",
                 self.cfg.members.join(", ")
             ))),
+        }
+    }
+
+    /// Questions still open when the node stops are answered with an error carrying the
+    /// rounds so far, so none is dropped silently.
+    async fn on_stop(&self, ctx: &Ctx) {
+        let mut st = self.state.lock().expect("consensus state");
+        for (_, run) in st.runs.drain() {
+            let rounds: Vec<Value> = run.rounds.iter().map(RoundRecord::to_json).collect();
+            ctx.fail(
+                &run.task,
+                Failure::new(format!(
+                    "stopped in round {} ({} phase) before a decision",
+                    run.round,
+                    run.phase.as_str()
+                ))
+                .with_details(json!({ "rounds": rounds })),
+            );
+        }
+        for (_, queued) in st.queued.drain() {
+            for task in queued {
+                ctx.fail(&task, Failure::new("stopped before this question's turn"));
+            }
         }
     }
 
