@@ -103,33 +103,49 @@ pub fn list(var: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A list of names used as dora input/output ids: at least `min`, no duplicates, each of
-/// letters, digits, `_` and `-` (what dora accepts as an id).
-pub fn names(var: &str, min: usize, hint: &str) -> Result<Vec<String>, ConfigError> {
-    let names = list(var);
-    if names.len() < min {
-        return Err(match optional(var) {
-            None => ConfigError::Missing {
-                var: var.to_owned(),
-                hint: hint.to_owned(),
-            },
-            Some(v) => ConfigError::invalid(var, v, format!("needs at least {min} names")),
-        });
-    }
+/// A list of names used as dora input and output ids (agents a node talks to): at least
+/// `min`, none twice, each of letters, digits, `_` and `-`, none of the node's own ids
+/// (`reserved`), none ending in `_error` (the convention for a peer's error input).
+pub fn names(
+    var: &str,
+    min: usize,
+    hint: &str,
+    reserved: &[&str],
+) -> Result<Vec<String>, ConfigError> {
+    let raw = required(var, hint)?;
+    parse_names(var, &raw, min, reserved)
+}
+
+/// [`names`] for a value already read.
+pub fn parse_names(
+    var: &str,
+    raw: &str,
+    min: usize,
+    reserved: &[&str],
+) -> Result<Vec<String>, ConfigError> {
+    let names: Vec<String> = raw.split(',').map(|s| s.trim().to_owned()).collect();
+    let bad = |why: String| ConfigError::invalid(var, raw, why);
     for (i, n) in names.iter().enumerate() {
+        if n.is_empty() {
+            return Err(bad("an empty name".into()));
+        }
         if !n
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
-            return Err(ConfigError::invalid(
-                var,
-                n.clone(),
-                "names are letters, digits, `_` and `-`",
-            ));
+            return Err(bad(format!(
+                "`{n}`: names are dora ids (letters, digits, `_` and `-`)"
+            )));
+        }
+        if reserved.contains(&n.as_str()) || n.ends_with("_error") {
+            return Err(bad(format!("`{n}`: the node uses that id itself")));
         }
         if names[..i].contains(n) {
-            return Err(ConfigError::invalid(var, n.clone(), "named twice"));
+            return Err(bad(format!("`{n}` is named twice")));
         }
+    }
+    if names.len() < min {
+        return Err(bad(format!("needs at least {min} names")));
     }
     Ok(names)
 }
@@ -185,16 +201,22 @@ mod tests {
     #[test]
     fn lists_and_names() {
         unsafe { std::env::set_var("MOFA_TEST_CFG_LIST", " a, b ,,c ") };
-        unsafe { std::env::set_var("MOFA_TEST_CFG_DUP", "a,b,a") };
-        unsafe { std::env::set_var("MOFA_TEST_CFG_BAD", "a,b c") };
         assert_eq!(list("MOFA_TEST_CFG_LIST"), ["a", "b", "c"]);
         assert!(list("MOFA_TEST_CFG_ABSENT").is_empty());
-        assert_eq!(names("MOFA_TEST_CFG_LIST", 2, "x").unwrap().len(), 3);
-        let few = names("MOFA_TEST_CFG_LIST", 4, "x").unwrap_err();
-        assert!(few.to_string().contains("at least 4"), "{few}");
-        assert!(names("MOFA_TEST_CFG_DUP", 1, "x").is_err());
-        assert!(names("MOFA_TEST_CFG_BAD", 1, "x").is_err());
-        let unset = names("MOFA_TEST_CFG_ABSENT", 1, "the members").unwrap_err();
+        let ok = parse_names("V", "a, b ,c", 2, &["task"]).unwrap();
+        assert_eq!(ok, ["a", "b", "c"]);
+        for (raw, why) in [
+            ("solo", "at least 2"),
+            ("a,a", "named twice"),
+            ("a,,b", "empty name"),
+            ("a,b/c", "dora ids"),
+            ("a,task", "uses that id itself"),
+            ("a,b_error", "uses that id itself"),
+        ] {
+            let err = parse_names("V", raw, 2, &["task"]).unwrap_err().to_string();
+            assert!(err.starts_with("V=") && err.contains(why), "{raw}: {err}");
+        }
+        let unset = names("MOFA_TEST_CFG_ABSENT", 1, "the members", &[]).unwrap_err();
         assert_eq!(
             unset.to_string(),
             "MOFA_TEST_CFG_ABSENT is not set: the members"

@@ -3,7 +3,6 @@
 //! derived, so they can be addressed), and dataflows/consensus.yml end to end under `dora run`
 //! against the mock OpenAI server.
 
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,8 +10,8 @@ use dora_node_api::integration_testing::integration_testing_format::{
     IncomingEvent, TimedIncomingEvent,
 };
 use mofa_consensus::{
-    Ballot, Consensus, ConsensusConfig, Phase, Threshold, Vote, member_task_id, parse_members,
-    parse_vote, tally, vote_reason,
+    Ballot, Consensus, ConsensusConfig, Phase, Threshold, Vote, member_task_id, parse_vote, tally,
+    vote_reason,
 };
 use mofa_kernel::{Envelope, Kind, Role};
 use mofa_tests::dora;
@@ -135,17 +134,6 @@ fn a_tie_for_the_lead_is_never_a_decision() {
         vote("c", Ballot::Absent),
     ];
     assert!(tally(2, &two, 3, Threshold::TWO_THIRDS).reached);
-}
-
-#[test]
-fn member_lists_are_checked() {
-    assert_eq!(parse_members("a, b ,c").unwrap(), ["a", "b", "c"]);
-    assert!(parse_members("solo").is_err());
-    assert!(parse_members("a,a").is_err());
-    assert!(parse_members("a,,b").is_err());
-    assert!(parse_members("a,b/c").is_err());
-    assert!(parse_members("a,decision").is_err());
-    assert!(parse_members("a,b_error").is_err());
 }
 
 /// Held while a test changes this process's environment, and while a dataflow runs: the
@@ -618,11 +606,6 @@ fn at(round: u32, rounds: u32, phase: &str, member: &str, reply: &str) -> Rule {
     }
 }
 
-/// dataflows/consensus.yml of the checkout this test was built from.
-fn dataflow() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dataflows/consensus.yml")
-}
-
 /// Runs consensus.yml with `env` and a sink file; asserts the run ended by itself, well within
 /// the limit; returns the sink's lines.
 fn run_consensus(env: &[(&str, String)]) -> Vec<Value> {
@@ -634,7 +617,7 @@ fn run_consensus(env: &[(&str, String)]) -> Vec<Value> {
     let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
     let started = std::time::Instant::now();
     let limit = Duration::from_secs(120);
-    let run = dora::run_file(&dataflow(), &env, limit);
+    let run = dora::run("consensus.yml", &env, limit);
     assert!(
         run.status.is_some_and(|s| s.success()),
         "dora run failed:\n{}",

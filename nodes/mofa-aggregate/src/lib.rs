@@ -57,16 +57,8 @@ impl AggregateConfig {
             "MOFA_MEMBERS",
             1,
             "the agents whose answers to join (comma-separated input ids)",
+            &["task", "llm", "result"],
         )?;
-        for reserved in ["task", "llm"] {
-            if members.iter().any(|m| m == reserved) {
-                return Err(ConfigError::invalid(
-                    "MOFA_MEMBERS",
-                    reserved,
-                    "`task` and `llm` are the node's own inputs",
-                ));
-            }
-        }
         let quorum = config::parse_or("MOFA_QUORUM", members.len())?;
         if quorum == 0 || quorum > members.len() {
             return Err(ConfigError::invalid(

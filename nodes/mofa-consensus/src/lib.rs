@@ -142,12 +142,12 @@ const RESERVED: [&str; 5] = ["task", "decision", "votes", "tally", "error"];
 
 impl ConsensusConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let raw = config::required(
+        let members = config::names(
             "MOFA_MEMBERS",
+            2,
             "the comma-separated names of the member agents (at least 2)",
+            &RESERVED,
         )?;
-        let members =
-            parse_members(&raw).map_err(|e| ConfigError::invalid("MOFA_MEMBERS", raw, e))?;
         let rounds = config::parse_or("MOFA_ROUNDS", 3u32)?;
         if rounds == 0 {
             return Err(ConfigError::invalid("MOFA_ROUNDS", "0", "at least 1 round"));
@@ -167,35 +167,6 @@ impl ConsensusConfig {
             member_timeout,
         })
     }
-}
-
-/// The member list of MOFA_MEMBERS: at least 2 distinct names, each usable as a dora id.
-pub fn parse_members(raw: &str) -> Result<Vec<String>, String> {
-    let members: Vec<String> = raw.split(',').map(|m| m.trim().to_owned()).collect();
-    let mut seen = HashSet::new();
-    for m in &members {
-        if m.is_empty() {
-            return Err("an empty member name".into());
-        }
-        if !m
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(format!(
-                "member {m:?}: names are dora input and output ids (letters, digits, _ and -)"
-            ));
-        }
-        if RESERVED.contains(&m.as_str()) || m.ends_with("_error") {
-            return Err(format!("member {m:?}: the node uses that id itself"));
-        }
-        if !seen.insert(m.as_str()) {
-            return Err(format!("member {m:?} is listed twice"));
-        }
-    }
-    if members.len() < 2 {
-        return Err("a consensus needs at least 2 members".into());
-    }
-    Ok(members)
 }
 
 /// The two phases of a round.

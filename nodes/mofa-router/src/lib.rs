@@ -42,16 +42,14 @@ const PROMPT: &str = "You are a dispatcher. Choose the one agent best suited to 
 
 impl RouterConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let names = config::names("MOFA_ROUTES", 1, "the agents to route to (output ids)")?;
+        let names = config::names(
+            "MOFA_ROUTES",
+            1,
+            "the agents to route to (output ids)",
+            &["task", "llm"],
+        )?;
         let mut routes = Vec::new();
         for name in names {
-            if ["llm", "error"].contains(&name.as_str()) {
-                return Err(ConfigError::invalid(
-                    "MOFA_ROUTES",
-                    name,
-                    "`llm` and `error` are the node's own outputs",
-                ));
-            }
             let var = format!("MOFA_ROUTE_{}", name.to_uppercase().replace('-', "_"));
             let description = config::required(&var, "what this agent does, for the model")?;
             routes.push(Route { name, description });
