@@ -532,7 +532,10 @@ impl Debate {
                 let f = self
                     .failure(
                         d,
-                        &format!("debater `{}` is absent in round {}: {reason}", w.who, w.round),
+                        &format!(
+                            "debater `{}` is absent in round {}: {reason}",
+                            w.who, w.round
+                        ),
                     )
                     .with_details(serde_json::json!({
                         "debater": w.who,
@@ -561,7 +564,12 @@ impl Debate {
         let next = s.queued.pop_front();
         let done = match next {
             Some(task) => std::mem::replace(&mut s.running, Running::new(task)),
-            None => st.sessions.remove(key).expect("the session is there").running,
+            None => {
+                st.sessions
+                    .remove(key)
+                    .expect("the session is there")
+                    .running
+            }
         };
         match outcome {
             Ok(verdict) => ctx.send_one("verdict", verdict),
@@ -576,7 +584,13 @@ impl Debate {
         }
     }
 
-    fn on_answer(&self, ctx: &Ctx, input: &str, who: &str, answer: Envelope) -> Result<(), Failure> {
+    fn on_answer(
+        &self,
+        ctx: &Ctx,
+        input: &str,
+        who: &str,
+        answer: Envelope,
+    ) -> Result<(), Failure> {
         let mut st = self.state.lock().expect("debate state");
         let reply_to = answer.reply_to.clone().unwrap_or_default();
         let key = answer.session.clone();
@@ -588,7 +602,10 @@ impl Debate {
         let Some(w) = pending else {
             if answer.kind == Kind::Error {
                 // The participant has reported it on its own `error` output already.
-                tracing::warn!("`{who}` reported an error outside any turn: {}", answer.content);
+                tracing::warn!(
+                    "`{who}` reported an error outside any turn: {}",
+                    answer.content
+                );
                 return Ok(());
             }
             return Err(Failure::new(format!(
@@ -613,7 +630,12 @@ impl Debate {
                 });
                 let verdict = d
                     .task
-                    .reply(Kind::Result, ctx.node_id(), Role::Assistant, &answer.content)
+                    .reply(
+                        Kind::Result,
+                        ctx.node_id(),
+                        Role::Assistant,
+                        &answer.content,
+                    )
                     .with_round(self.cfg.rounds)
                     .with_payload(&payload);
                 self.end(ctx, &mut st, &key, Ok(verdict));
@@ -704,5 +726,121 @@ impl Handler for Debate {
                 ctx.reply_error("verdict", &task, f);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(vars: &[(&str, &str)]) {
+        for var in [
+            "MOFA_DEBATERS",
+            "MOFA_ROUNDS",
+            "MOFA_TURN_TIMEOUT_MS",
+            "MOFA_ON_ABSENT",
+            "MOFA_JUDGE",
+        ] {
+            unsafe { std::env::remove_var(var) };
+        }
+        for (k, v) in vars {
+            unsafe { std::env::set_var(k, v) };
+        }
+    }
+
+    fn error(vars: &[(&str, &str)]) -> String {
+        set(vars);
+        DebateConfig::from_env().unwrap_err().to_string()
+    }
+
+    // One test: the variables are the process's, shared by the tests of this binary.
+    #[test]
+    fn configuration_from_env_and_errors_that_name_the_variable() {
+        set(&[("MOFA_DEBATERS", " pro , con ")]);
+        let cfg = DebateConfig::from_env().unwrap();
+        assert_eq!(cfg.debaters, ["pro", "con"]);
+        assert_eq!(
+            (
+                cfg.rounds,
+                cfg.turn_timeout,
+                cfg.on_absent,
+                cfg.judge.as_str()
+            ),
+            (2, Duration::from_secs(120), OnAbsent::Skip, "judge")
+        );
+        set(&[
+            ("MOFA_DEBATERS", "a,b,c"),
+            ("MOFA_ROUNDS", "3"),
+            ("MOFA_TURN_TIMEOUT_MS", "500"),
+            ("MOFA_ON_ABSENT", "fail"),
+            ("MOFA_JUDGE", "referee"),
+        ]);
+        let cfg = DebateConfig::from_env().unwrap();
+        assert_eq!(
+            (
+                cfg.rounds,
+                cfg.turn_timeout,
+                cfg.on_absent,
+                cfg.judge.as_str()
+            ),
+            (3, Duration::from_millis(500), OnAbsent::Fail, "referee")
+        );
+
+        assert!(error(&[]).starts_with("MOFA_DEBATERS is not set"));
+        let e = error(&[("MOFA_DEBATERS", "solo")]);
+        assert!(
+            e.contains("MOFA_DEBATERS") && e.contains("at least 2"),
+            "{e}"
+        );
+        let e = error(&[("MOFA_DEBATERS", "a,a")]);
+        assert!(e.contains("named twice"), "{e}");
+        let e = error(&[("MOFA_DEBATERS", "a,,b")]);
+        assert!(e.contains("an empty name"), "{e}");
+        let e = error(&[("MOFA_DEBATERS", "a,verdict")]);
+        assert!(e.contains("moderator's own"), "{e}");
+        let e = error(&[("MOFA_DEBATERS", "a,b_error")]);
+        assert!(e.contains("ends in `_error`"), "{e}");
+        let e = error(&[("MOFA_DEBATERS", "a,judge")]);
+        assert!(e.contains("also the judge"), "{e}");
+        let e = error(&[("MOFA_DEBATERS", "a,b"), ("MOFA_JUDGE", "task")]);
+        assert!(e.starts_with("MOFA_JUDGE=\"task\" is invalid"), "{e}");
+        let e = error(&[("MOFA_DEBATERS", "a,b"), ("MOFA_ROUNDS", "0")]);
+        assert!(e.starts_with("MOFA_ROUNDS=\"0\" is invalid"), "{e}");
+        let e = error(&[("MOFA_DEBATERS", "a,b"), ("MOFA_ROUNDS", "two")]);
+        assert!(e.starts_with("MOFA_ROUNDS=\"two\" is invalid"), "{e}");
+        let e = error(&[("MOFA_DEBATERS", "a,b"), ("MOFA_TURN_TIMEOUT_MS", "0")]);
+        assert!(
+            e.starts_with("MOFA_TURN_TIMEOUT_MS=\"0\" is invalid"),
+            "{e}"
+        );
+        let e = error(&[("MOFA_DEBATERS", "a,b"), ("MOFA_ON_ABSENT", "ignore")]);
+        assert!(
+            e.starts_with("MOFA_ON_ABSENT=\"ignore\" is invalid: expected skip or fail"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn prompts_label_every_turn_with_its_round_and_speaker() {
+        let turns = vec![
+            Turn {
+                round: 1,
+                debater: "pro".into(),
+                content: "yes".into(),
+                absent: false,
+            },
+            Turn {
+                round: 1,
+                debater: "con".into(),
+                content: ABSENT.into(),
+                absent: true,
+            },
+        ];
+        let q = turn_prompt("T", 2, 3, "pro", &turns);
+        assert!(q.starts_with("Debate topic: T\n\nRound 2 of 3. You speak as pro."));
+        assert!(q.contains("Transcript so far:\n[round 1] pro: yes\n[round 1] con: (absent)\n"));
+        let j = judge_prompt("T", 3, &["pro".into(), "con".into()], &turns);
+        assert!(j.contains("2 debaters (pro, con), 3 round(s)"));
+        assert!(j.contains("[round 1] con: (absent)"));
     }
 }
