@@ -20,6 +20,8 @@
 //! MOFA_ON_ABSENT=skip the transcript records "(absent)" for that turn and its later turns and
 //! the debate goes on; with `fail` the debate ends in an `error` naming the debater. A judge
 //! that fails the same ways always fails the debate, as does a debate in which nobody spoke.
+//! A debate that can no longer succeed (the judge's process has ended; with `fail`, the process
+//! of a debater with a turn left) fails at once, before more turns are asked for.
 //! A failed debate's `error` goes out on `verdict` as well as on `error`, so whoever waits for
 //! verdicts gets one outcome for every topic.
 //!
@@ -347,11 +349,28 @@ impl Debate {
                 return;
             };
             let d = &mut s.running;
+            // A debate that can no longer end well ends now, not after more turns are paid for.
+            if let Some(reason) = st.gone.get(&self.cfg.judge) {
+                let why = format!(
+                    "the judge `{}` cannot give a verdict: {reason}",
+                    self.cfg.judge
+                );
+                let f = self.failure(d, &why);
+                return self.end(ctx, st, key, Err(f));
+            }
             if d.next == total {
                 return self.ask_judge(ctx, st, key);
             }
-            let round = (d.next / n) as u32 + 1;
-            let debater = self.cfg.debaters[d.next % n].clone();
+            let (now, round) = (d.next % n, (d.next / n) as u32 + 1);
+            // Who speaks next; with `fail`, a debater already gone that has a turn left instead.
+            let doomed = self.cfg.debaters.iter().enumerate().find_map(|(i, x)| {
+                let its_round = if i >= now { round } else { round + 1 };
+                let dooms = self.cfg.on_absent == OnAbsent::Fail
+                    && its_round <= self.cfg.rounds
+                    && st.gone.contains_key(x);
+                dooms.then(|| (x.clone(), its_round))
+            });
+            let (debater, round) = doomed.unwrap_or((self.cfg.debaters[now].clone(), round));
             if d.absent.iter().any(|a| a.debater == debater) {
                 self.record(ctx, d, round, &debater, None);
                 continue;
@@ -404,13 +423,6 @@ impl Debate {
         let judge = self.cfg.judge.clone();
         if d.transcript.iter().all(|t| t.absent) {
             let f = self.failure(d, "every debater was absent: there is nothing to judge");
-            return self.end(ctx, st, key, Err(f));
-        }
-        if let Some(reason) = st.gone.get(&judge) {
-            let f = self.failure(
-                d,
-                &format!("the judge `{judge}` cannot give a verdict: {reason}"),
-            );
             return self.end(ctx, st, key, Err(f));
         }
         let prompt = judge_prompt(

@@ -300,7 +300,7 @@ fn a_closed_input_makes_the_debater_absent_at_once_in_this_and_later_debates() {
 
 #[test]
 fn with_fail_an_absence_ends_the_debate_in_an_error_naming_the_debater() {
-    let task = topic("pineapple on pizza", "s");
+    let (task, later) = (topic("pineapple on pizza", "s"), topic("later", "s2"));
     let sent = harness::run(
         debate(&["alice", "bob", "carol"], 2, 60_000, OnAbsent::Fail),
         vec![
@@ -309,6 +309,8 @@ fn with_fail_an_absence_ends_the_debate_in_an_error_naming_the_debater() {
             closed(0.04, "bob"),
             // Whatever comes for the failed debate later is reported, not taken.
             envelope(0.06, "carol", &said(&task, 1, "carol", "C1")),
+            // A later debate cannot succeed without bob: it fails before anyone is asked.
+            envelope(0.08, "task", &later),
         ],
     );
     assert_eq!(
@@ -319,8 +321,16 @@ fn with_fail_an_absence_ends_the_debate_in_an_error_naming_the_debater() {
     let failed = on(&sent, "verdict");
     assert_eq!(
         failed.len(),
-        1,
-        "the failure answers the topic on `verdict`"
+        2,
+        "each failure answers its topic on `verdict`"
+    );
+    assert_eq!(failed[1].reply_to.as_deref(), Some(later.id.as_str()));
+    assert!(
+        failed[1]
+            .content
+            .contains("debater `bob` is absent in round 1: its process has ended"),
+        "{}",
+        failed[1].content
     );
     let f = &failed[0];
     assert_eq!(f.kind, Kind::Error);
@@ -335,9 +345,10 @@ fn with_fail_an_absence_ends_the_debate_in_an_error_naming_the_debater() {
     assert_eq!(p["debater"], "bob");
     assert_eq!(transcript(&p), [t(1, "alice", "A1")]);
     let errors = on(&sent, "error");
-    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(errors.len(), 3, "{errors:#?}");
     assert_eq!(errors[0].id, f.id, "the same failure on `error`");
     assert!(errors[1].content.contains("no such turn is pending"));
+    assert_eq!(errors[2].id, failed[1].id);
     assert!(on(&sent, "turn").len() == 1);
 }
 
@@ -371,7 +382,7 @@ fn a_debater_that_does_not_answer_in_time_is_absent_and_its_late_answer_an_error
 
 #[test]
 fn a_failing_judge_or_a_debate_without_speakers_fails_in_either_mode() {
-    let (judged, silent) = (topic("one", "s1"), topic("two", "s2"));
+    let (judged, silent, unjudged) = (topic("one", "s1"), topic("two", "s2"), topic("3", "s3"));
     let sent = harness::run(
         debate(&["alice", "bob"], 1, 60_000, OnAbsent::Skip),
         vec![
@@ -394,11 +405,21 @@ fn a_failing_judge_or_a_debate_without_speakers_fails_in_either_mode() {
                 "bob_error",
                 &answer(&silent, 1, "bob", Kind::Error, "boom"),
             ),
+            // Without a judge no debate can end well: the next fails before anyone is asked.
+            closed(0.14, "judge"),
+            envelope(0.16, "task", &unjudged),
             closed(0.2, "task"),
         ],
     );
     let outcomes = on(&sent, "verdict");
-    assert_eq!(outcomes.len(), 2);
+    assert_eq!(outcomes.len(), 3);
+    assert!(
+        outcomes[2]
+            .content
+            .contains("the judge `judge` cannot give a verdict: its process has ended"),
+        "{}",
+        outcomes[2].content
+    );
     assert!(outcomes.iter().all(|o| o.kind == Kind::Error));
     assert!(
         outcomes[0]
@@ -568,4 +589,26 @@ fn a_debate_cut_short_by_stop_is_answered_with_an_error() {
     );
     assert_eq!(transcript(&payload(&outcomes[0])), [t(1, "alice", "A1")]);
     assert_eq!(outcomes[1].reply_to.as_deref(), Some(queued.id.as_str()));
+}
+
+#[test]
+fn with_fail_a_debater_that_ends_after_its_last_turn_is_not_absent() {
+    let task = topic("short debate", "s");
+    let sent = harness::run(
+        debate(&["alice", "bob", "carol"], 1, 60_000, OnAbsent::Fail),
+        vec![
+            envelope(0.0, "task", &task),
+            envelope(0.02, "alice", &said(&task, 1, "alice", "A1")),
+            envelope(0.04, "bob", &said(&task, 1, "bob", "B1")),
+            // Bob has spoken his only turn; his process ending costs the debate nothing.
+            closed(0.05, "bob"),
+            envelope(0.06, "carol", &said(&task, 1, "carol", "C1")),
+            envelope(0.08, "judge", &said(&task, 0, "judge", "carol")),
+            closed(0.2, "task"),
+        ],
+    );
+    let v = &on(&sent, "verdict")[0];
+    assert_eq!((v.kind, v.content.as_str()), (Kind::Result, "carol"));
+    assert_eq!(transcript(&payload(v)).len(), 3);
+    assert!(on(&sent, "error").is_empty());
 }
