@@ -314,7 +314,10 @@ fn debate_with_the_skeptic_killed(on_absent: &str) -> Killed {
     });
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("sink.jsonl");
-    let tag = format!("debate-{}-{}", std::process::id(), now_ms());
+    // Unique to this run, even among the runs of this test binary's parallel tests.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run_no = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("debate-{}-{run_no}-{}", std::process::id(), now_ms());
     let env = vec![
         ("OPENAI_BASE_URL", mock.base_url()),
         ("MOFA_TASK", "Is nuclear power the answer?".into()),
@@ -477,4 +480,46 @@ fn a_killed_debater_fails_the_debate_with_a_clear_error_with_fail() {
         transcript(v),
         [(1, "optimist".to_owned(), "OPTIMIST #1".to_owned())]
     );
+}
+
+#[test]
+fn the_debate_runs_on_the_embedded_local_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let (run, _) = run_debate(
+        &[
+            ("MOFA_LLM_PROVIDER", "local".into()),
+            (
+                "MOFA_TASK",
+                "Should cities ban cars from their centres?".into(),
+            ),
+            ("MOFA_MAX_TOKENS", "40".into()),
+            ("MOFA_SEED", "1".into()),
+            // One thread: the same sums in the same order, so every run decodes the same.
+            ("MOFA_THREADS", "1".into()),
+        ],
+        &sink,
+        Duration::from_secs(300),
+    );
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "dora run failed:\n{}",
+        run.log
+    );
+    assert!(run.log.contains("provider local"), "{}", run.log);
+    let lines = dora::sink_lines(&sink);
+    assert!(lines.iter().all(|l| l["kind"] != "error"), "{lines:#?}");
+    let turns = lines_on(&lines, "turn");
+    assert_eq!(turns.len(), 6, "{lines:#?}");
+    for t in &turns {
+        let text = t["content"].as_str().unwrap();
+        assert!(
+            text.trim().len() > 10 && text != "(absent)",
+            "a real turn: {t}"
+        );
+    }
+    let verdicts = lines_on(&lines, "verdict");
+    assert_eq!(verdicts.len(), 1, "{lines:#?}");
+    assert!(verdicts[0]["content"].as_str().unwrap().trim().len() > 10);
+    assert_eq!(transcript(verdicts[0]).len(), 6);
 }
