@@ -120,6 +120,26 @@ pub fn run_file(yml: &Path, env: &[(&str, String)], limit: Duration) -> Finished
     Finished { status, log, dir }
 }
 
+/// [`run`] with the sink writing to a scratch file (`MOFA_OUT`); asserts that dora ended
+/// well. Returns the sink's JSON lines and the run (its log, its folder).
+pub fn run_to_sink(
+    dataflow: &str,
+    env: &[(&str, String)],
+    limit: Duration,
+) -> (Vec<serde_json::Value>, Finished) {
+    let out = tempfile::tempdir().expect("tempdir");
+    let sink = out.path().join("sink.jsonl");
+    let mut env = env.to_vec();
+    env.push(("MOFA_OUT", sink.display().to_string()));
+    let run = run(dataflow, &env, limit);
+    assert!(
+        run.status.is_some_and(|s| s.success()),
+        "dora run {dataflow} failed:\n{}",
+        run.log
+    );
+    (sink_lines(&sink), run)
+}
+
 /// `dora build <dataflow>`: runs its `build:` lines, as a user does before `dora start`.
 pub fn build(dataflow: &str) {
     let out = dora_command()

@@ -27,17 +27,8 @@ fn script() -> Script {
 /// Runs chain.yml under `dora run` with `env` and a sink file; returns the sink's lines and
 /// dora's log, after asserting that the run succeeded.
 fn run_chain(env: &[(&str, String)], limit: Duration) -> (Vec<serde_json::Value>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = dir.path().join("sink.jsonl");
-    let mut env = env.to_vec();
-    env.push(("MOFA_OUT", sink.display().to_string()));
-    let run = dora::run("chain.yml", &env, limit);
-    assert!(
-        run.status.is_some_and(|s| s.success()),
-        "dora run failed:\n{}",
-        run.log
-    );
-    (dora::sink_lines(&sink), run.log)
+    let (lines, run) = dora::run_to_sink("chain.yml", env, limit);
+    (lines, run.log)
 }
 
 /// `node <id> started, pid=<n>` lines from the nodes' logs: node id → pid.

@@ -46,22 +46,14 @@ fn the_llm_sends_maths_to_the_maths_agent_and_writing_to_the_writer() {
         .join("\n"),
     )
     .unwrap();
-    let sink = dir.path().join("sink.jsonl");
-    let run = dora::run(
+    let (lines, _) = dora::run_to_sink(
         "custom.yml",
         &[
             ("OPENAI_BASE_URL", mock.base_url()),
             ("MOFA_TASKS_FILE", tasks.display().to_string()),
-            ("MOFA_OUT", sink.display().to_string()),
         ],
         Duration::from_secs(120),
     );
-    assert!(
-        run.status.is_some_and(|s| s.success()),
-        "dora run failed:\n{}",
-        run.log
-    );
-    let lines = dora::sink_lines(&sink);
     let by_session = |s: &str| {
         lines
             .iter()
@@ -123,28 +115,20 @@ fn on_the_embedded_local_model_the_router_can_only_choose_a_route() {
          {\"task\": \"Write a two-line poem about rain.\", \"session\": \"w\"}\n",
     )
     .unwrap();
-    let sink = dir.path().join("sink.jsonl");
-    let run = dora::run(
+    let (lines, run) = dora::run_to_sink(
         "custom.yml",
         &[
             ("MOFA_LLM_PROVIDER", "local".into()),
             ("MOFA_TASKS_FILE", tasks.display().to_string()),
             ("MOFA_MAX_TOKENS", "30".into()),
             ("MOFA_SEED", "1".into()),
-            ("MOFA_OUT", sink.display().to_string()),
         ],
         Duration::from_secs(240),
-    );
-    assert!(
-        run.status.is_some_and(|s| s.success()),
-        "dora run failed:\n{}",
-        run.log
     );
     assert!(run.log.contains("provider local"), "{}", run.log);
     // The grammar made from the enum leaves the model no choice outside the routes: each
     // task reaches an agent, none becomes a routing error. (Which agent is the 135M
     // model's judgement, not asserted.)
-    let lines = dora::sink_lines(&sink);
     assert_eq!(lines.len(), 2, "{lines:#?}");
     for l in &lines {
         assert_eq!(l["kind"], "result", "{l:#}");

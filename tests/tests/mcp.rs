@@ -52,22 +52,15 @@ fn mcp_tools_join_the_catalog_and_calls_return_the_servers_real_results() {
             },
         ],
     });
-    let sink = dir.path().join("sink.jsonl");
-    let run = dora::run(
+    let (lines, _) = dora::run_to_sink(
         "react.yml",
         &[
             ("OPENAI_BASE_URL", mock.base_url()),
             ("MOFA_TASK", "Check the MCP tools.".into()),
             ("MOFA_TOOLS", "calculator".into()),
             ("MOFA_MCP_SERVERS", servers.to_string()),
-            ("MOFA_OUT", sink.display().to_string()),
         ],
         Duration::from_secs(120),
-    );
-    assert!(
-        run.status.is_some_and(|s| s.success()),
-        "dora run failed:\n{}",
-        run.log
     );
 
     let reqs = mock.requests();
@@ -89,7 +82,6 @@ fn mcp_tools_join_the_catalog_and_calls_return_the_servers_real_results() {
             "{name} not in {offered:?}"
         );
     }
-    let lines = dora::sink_lines(&sink);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["kind"], "result", "{lines:#?}");
     assert!(

@@ -18,19 +18,11 @@ fn persona(name: &str, delay_ms: u64) -> Rule {
 }
 
 fn run(mock: &MockLlm, env: &[(&str, String)]) -> (Vec<serde_json::Value>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = dir.path().join("sink.jsonl");
     let mut env = env.to_vec();
     env.push(("OPENAI_BASE_URL", mock.base_url()));
     env.push(("MOFA_TASK", "Should cities ban cars?".into()));
-    env.push(("MOFA_OUT", sink.display().to_string()));
-    let run = dora::run("parallel.yml", &env, Duration::from_secs(120));
-    assert!(
-        run.status.is_some_and(|s| s.success()),
-        "dora run failed:\n{}",
-        run.log
-    );
-    (dora::sink_lines(&sink), run.log)
+    let (lines, run) = dora::run_to_sink("parallel.yml", &env, Duration::from_secs(120));
+    (lines, run.log)
 }
 
 fn agent_requests(mock: &MockLlm) -> Vec<(String, Recorded)> {

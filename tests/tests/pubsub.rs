@@ -28,22 +28,14 @@ fn every_subscriber_answers_every_item_and_replies_pair_with_their_requests() {
          {\"task\": \"The bridge reopens in May.\", \"session\": \"bridge\"}\n",
     )
     .unwrap();
-    let sink = dir.path().join("sink.jsonl");
-    let run = dora::run(
+    let (lines, _) = dora::run_to_sink(
         "pubsub.yml",
         &[
             ("OPENAI_BASE_URL", mock.base_url()),
             ("MOFA_TASKS_FILE", items.display().to_string()),
-            ("MOFA_OUT", sink.display().to_string()),
         ],
         Duration::from_secs(120),
     );
-    assert!(
-        run.status.is_some_and(|s| s.success()),
-        "dora run failed:\n{}",
-        run.log
-    );
-    let lines = dora::sink_lines(&sink);
     for (session, item) in [
         ("rain", "Rain is forecast for Tuesday."),
         ("bridge", "The bridge reopens in May."),
