@@ -162,9 +162,34 @@ impl Ctx {
         });
     }
 
+    /// A deadline for something awaited (an answer, a phase): `on_timeout` runs if `timeout`
+    /// passes before the returned [`Deadline`] is dropped. A deadline is not in-flight work: a
+    /// stopping node does not wait for it.
+    pub fn deadline<F>(&self, timeout: Duration, on_timeout: F) -> Deadline
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            on_timeout();
+        });
+        Deadline(task.abort_handle())
+    }
+
     /// Ends the node once the current event is handled: in-flight work drains, then it exits.
     pub fn exit(&self) {
         self.shared.exit.notify_one();
+    }
+}
+
+/// Cancels its timeout when dropped (see [`Ctx::deadline`]).
+#[must_use = "the deadline is cancelled when dropped"]
+pub struct Deadline(tokio::task::AbortHandle);
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        // From inside its own `on_timeout` this is a no-op: the callback has no await to stop at.
+        self.0.abort();
     }
 }
 

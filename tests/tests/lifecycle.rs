@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::node::{Ctx, Deadline, Failure, Handler};
 use mofa_kernel::{Envelope, Kind, Role};
 use mofa_tests::harness::{self, envelopes, on};
 
@@ -46,6 +46,35 @@ impl Handler for Echo {
                 Ok(())
             }
         }
+    }
+}
+
+/// "deadline N" sets an N ms deadline that answers "timed out"; "cancel" drops it.
+#[derive(Default)]
+struct Waits {
+    deadline: std::sync::Mutex<Option<Deadline>>,
+}
+
+#[async_trait]
+impl Handler for Waits {
+    async fn on_message(&self, ctx: &Ctx, _input: &str, msg: Envelope) -> Result<(), Failure> {
+        let mut slot = self.deadline.lock().unwrap();
+        match msg.content.strip_prefix("deadline ") {
+            Some(ms) => {
+                let (ctx2, msg2) = (ctx.clone(), msg.clone());
+                *slot = Some(
+                    ctx.deadline(Duration::from_millis(ms.parse().unwrap()), move || {
+                        ctx2.send_one(
+                            "out",
+                            msg2.reply(Kind::Result, "waits", Role::Assistant, "timed out"),
+                        )
+                    }),
+                );
+            }
+            None if msg.content == "cancel" => *slot = None,
+            None => {}
+        }
+        Ok(())
     }
 }
 
@@ -122,4 +151,38 @@ fn lifecycle() {
     );
     let plain: Vec<_> = sent.iter().filter(|s| s.output == "plain").collect();
     assert_eq!(plain[0].rows, vec![serde_json::json!("as text")]);
+
+    // A deadline fires once its time has passed; dropped before, it never does; and a stopping
+    // node does not wait for one (the stop bound here is 1.5 s).
+    let fired = harness::run(
+        Waits::default(),
+        vec![
+            envelopes(0.0, "in", &[Envelope::task("t", "deadline 100")]),
+            envelopes(0.4, "in", &[Envelope::task("t", "keep the node up")]),
+        ],
+    );
+    assert_eq!(on(&fired, "out")[0].content, "timed out");
+    let cancelled = harness::run(
+        Waits::default(),
+        vec![
+            envelopes(0.0, "in", &[Envelope::task("t", "deadline 200")]),
+            envelopes(0.05, "in", &[Envelope::task("t", "cancel")]),
+            envelopes(0.4, "in", &[Envelope::task("t", "keep the node up")]),
+        ],
+    );
+    assert!(on(&cancelled, "out").is_empty());
+    let start = Instant::now();
+    let pending = harness::run(
+        Waits::default(),
+        vec![envelopes(
+            0.0,
+            "in",
+            &[Envelope::task("t", "deadline 60000")],
+        )],
+    );
+    assert!(on(&pending, "out").is_empty());
+    assert!(
+        start.elapsed() < Duration::from_millis(1400),
+        "the stop waited for a deadline"
+    );
 }

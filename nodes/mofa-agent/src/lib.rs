@@ -32,11 +32,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse, ToolCall, Usage};
-use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::node::{Ctx, Deadline, Failure, Handler};
 use mofa_kernel::queue::PriorityQueue;
 use mofa_kernel::tool::{self as wire, ToolSpec};
 use mofa_kernel::{Envelope, Kind, Role};
-use tokio::sync::oneshot;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -154,8 +153,8 @@ struct Pending {
     phase: String,
     steps: Vec<serde_json::Value>,
     usage: Usage,
-    /// Dropped when the phase ends, which ends its timeout watch.
-    _answered: oneshot::Sender<()>,
+    /// The current phase's deadline; dropped with the phase.
+    _deadline: Option<Deadline>,
 }
 
 #[derive(Default)]
@@ -252,7 +251,6 @@ impl Agent {
         }
         let mut messages = vec![ChatMessage::new(Role::System, &self.cfg.system_prompt)];
         messages.extend(session.history.iter().cloned());
-        let (answered, _) = oneshot::channel();
         let mut pending = Pending {
             task,
             step: 0,
@@ -261,7 +259,7 @@ impl Agent {
             phase: String::new(),
             steps: Vec::new(),
             usage: Usage::default(),
-            _answered: answered,
+            _deadline: None,
         };
         self.ask_llm(ctx, &st.tools, &mut pending);
         if let Some(s) = st.sessions.get_mut(&pending.task.session) {
@@ -297,8 +295,6 @@ impl Agent {
 
     /// Starts the phase `phase` of `p` and fails the task if it does not end in time.
     fn watch(&self, ctx: &Ctx, p: &mut Pending, phase: String) {
-        let (answered, watch) = oneshot::channel::<()>();
-        p._answered = answered; // ends the previous phase's watch
         p.phase = phase.clone();
         let (timeout, me, wctx, session) = (
             self.cfg.llm_timeout,
@@ -306,17 +302,15 @@ impl Agent {
             ctx.clone(),
             p.task.session.clone(),
         );
-        ctx.spawn(p.task.clone(), async move {
-            if tokio::time::timeout(timeout, watch).await.is_ok() {
-                return Ok(()); // the phase ended (or the node is stopping)
-            }
+        // Replacing the deadline cancels the previous phase's.
+        p._deadline = Some(ctx.deadline(timeout, move || {
             let mut st = me.state.lock().expect("agent state");
             let timed_out = st.sessions.get_mut(&session).and_then(|s| {
                 let ours = s.pending.as_ref().is_some_and(|p| p.phase == phase);
                 if ours { s.pending.take() } else { None }
             });
             let Some(p) = timed_out else {
-                return Ok(());
+                return;
             };
             me.next(&wctx, &mut st, &session);
             let waiting_for = if phase.contains("/tool/") {
@@ -324,12 +318,13 @@ impl Agent {
             } else {
                 "the LLM"
             };
-            Err(Failure::new(format!(
+            let f = Failure::new(format!(
                 "no answer from {waiting_for} within {} ms",
                 timeout.as_millis()
             ))
-            .with_details(serde_json::json!({"steps": p.steps})))
-        });
+            .with_details(serde_json::json!({"steps": p.steps}));
+            wctx.fail(&p.task, f);
+        }));
     }
 
     /// A task of `session` has ended: its session's next task competes for the free slot,
@@ -650,6 +645,27 @@ impl Handler for Agent {
             "tools" => self.on_tool_result(ctx, msg),
             "catalog" => self.on_catalog(ctx, msg),
             _ => self.on_task(ctx, msg),
+        }
+    }
+
+    /// Tasks not done when the node stops are answered with an error, not dropped.
+    async fn on_stop(&self, ctx: &Ctx) {
+        let mut st = self.state.lock().expect("agent state");
+        let mut left: Vec<(Envelope, serde_json::Value)> = Vec::new();
+        for s in st.sessions.values_mut() {
+            if let Some(p) = s.pending.take() {
+                left.push((p.task, serde_json::json!(p.steps)));
+            }
+            left.extend(s.queued.drain(..).map(|t| (t, serde_json::json!([]))));
+        }
+        left.extend(st.held.drain(..).map(|t| (t, serde_json::json!([]))));
+        while let Some(t) = st.ready.pop() {
+            left.push((t, serde_json::json!([])));
+        }
+        for (task, steps) in left {
+            let f = Failure::new("the agent stopped before the task was done")
+                .with_details(serde_json::json!({ "steps": steps }));
+            ctx.fail(&task, f);
         }
     }
 

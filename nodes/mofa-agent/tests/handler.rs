@@ -272,6 +272,8 @@ fn answers_to_unknown_requests_and_silence_are_errors() {
         vec![
             envelopes(0.0, "llm", &[stranger]),
             envelope(0.01, "task", &task),
+            // Keeps the node up past the timeout.
+            closed(0.5, "catalog"),
         ],
     );
     let errors = on(&sent, "error");
@@ -582,4 +584,23 @@ fn at_the_concurrency_limit_waiting_tasks_start_highest_priority_first() {
         .collect();
     assert_eq!(started, ["user:n1", "user:c", "user:n2", "user:n3"]);
     assert_eq!(on(&sent, "result").len(), 4);
+}
+
+#[test]
+fn tasks_not_done_at_stop_are_answered_with_an_error() {
+    let running = in_session("waits for the LLM", "a");
+    let queued = in_session("behind it", "a");
+    let sent = harness::run(
+        agent(10, 60_000),
+        vec![envelopes(0.0, "task", &[running.clone(), queued.clone()])],
+    );
+    let errors = on(&sent, "error");
+    let answered: Vec<_> = errors.iter().map(|e| e.reply_to.clone().unwrap()).collect();
+    assert_eq!(answered.len(), 2, "{errors:#?}");
+    assert!(answered.contains(&running.id) && answered.contains(&queued.id));
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.content.contains("stopped before the task was done"))
+    );
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::llm::{ChatMessage, ChatRequest, ChatResponse};
-use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::node::{Ctx, Deadline, Failure, Handler};
 use mofa_kernel::queue::PriorityQueue;
 use mofa_kernel::{Envelope, Kind, Role};
 use serde_json::json;
@@ -106,8 +106,8 @@ struct Open {
     answers: Vec<(String, Answer)>,
     /// Set once the session has been decided and only awaits its summary.
     summarizing: Option<Decided>,
-    /// Dropped when the session is delivered, which ends its timeout watch.
-    _done: tokio::sync::oneshot::Sender<()>,
+    /// Cancelled when the session is delivered.
+    _deadline: Deadline,
 }
 
 /// What a session ended with, before the strategy makes its text.
@@ -165,30 +165,21 @@ impl Aggregate {
                 task.session
             )));
         }
-        let (done, watch) = tokio::sync::oneshot::channel::<()>();
         let session = task.session.clone();
+        let (me, wctx, watched) = (self.handle(), ctx.clone(), session.clone());
+        let deadline = ctx.deadline(self.cfg.timeout, move || {
+            let mut st = me.state.lock().expect("aggregate state");
+            me.decide(&wctx, &mut st, &watched, true);
+        });
         st.open.insert(
             session.clone(),
             Open {
-                task: task.clone(),
+                task,
                 answers: Vec::new(),
                 summarizing: None,
-                _done: done,
+                _deadline: deadline,
             },
         );
-        let (me, wctx, timeout, watched) = (
-            self.handle(),
-            ctx.clone(),
-            self.cfg.timeout,
-            session.clone(),
-        );
-        ctx.spawn(task, async move {
-            if tokio::time::timeout(timeout, watch).await.is_err() {
-                let mut st = me.state.lock().expect("aggregate state");
-                me.decide(&wctx, &mut st, &watched, true);
-            }
-            Ok(())
-        });
         // Members that have already ended will not answer.
         self.decide(ctx, &mut st, &session, false);
         Ok(())
@@ -480,6 +471,20 @@ impl Handler for Aggregate {
             "task" => self.on_task(ctx, msg),
             "llm" => self.on_llm(ctx, msg),
             _ => self.on_answer(ctx, input, msg),
+        }
+    }
+
+    /// At stop, open sessions are decided on what has come (a quorum is delivered); those
+    /// still waiting for their summary get an error.
+    async fn on_stop(&self, ctx: &Ctx) {
+        let mut st = self.state.lock().expect("aggregate state");
+        let sessions: Vec<String> = st.open.keys().cloned().collect();
+        for s in &sessions {
+            self.decide(ctx, &mut st, s, true);
+        }
+        for (_, open) in st.open.drain() {
+            let f = Failure::new("the aggregator stopped before the summary came");
+            ctx.reply_error("result", &open.task, f);
         }
     }
 

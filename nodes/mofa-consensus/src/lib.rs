@@ -31,10 +31,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
-use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::node::{Ctx, Deadline, Failure, Handler};
 use mofa_kernel::{Envelope, Kind, Role};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 /// The share of all members' votes a proposal needs: a fraction in (0, 1], kept exact so that
 /// `2/3` of 3 members is 2 votes, not a float that rounds either way.
@@ -456,8 +455,8 @@ struct Run {
     proposals: Vec<Proposal>,
     absent: Vec<Absence>,
     rounds: Vec<RoundRecord>,
-    /// Dropped when the phase ends, which ends its timeout watch.
-    _watch: oneshot::Sender<()>,
+    /// The current phase's deadline; dropped with the phase.
+    _deadline: Option<Deadline>,
 }
 
 #[derive(Default)]
@@ -562,7 +561,6 @@ impl Consensus {
 
     /// Takes a question whose session is free: round 1 begins.
     fn start(&self, ctx: &Ctx, st: &mut State, task: Envelope) {
-        let (watch, _) = oneshot::channel();
         let run = Run {
             task,
             round: 1,
@@ -573,7 +571,7 @@ impl Consensus {
             proposals: Vec::new(),
             absent: Vec::new(),
             rounds: Vec::new(),
-            _watch: watch,
+            _deadline: None,
         };
         self.begin(ctx, st, run, Phase::Propose);
     }
@@ -611,21 +609,17 @@ impl Consensus {
     /// Ends the current phase of `run` at MOFA_MEMBER_TIMEOUT_MS: who has not answered by then
     /// is absent.
     fn watch(&self, ctx: &Ctx, run: &mut Run) {
-        let (answered, watch) = oneshot::channel::<()>();
-        run._watch = answered; // ends the previous phase's watch
         let (timeout, me, wctx) = (self.cfg.member_timeout, self.clone_handle(), ctx.clone());
         let (session, phase_id) = (run.task.session.clone(), run.phase_id.clone());
-        ctx.spawn(run.task.clone(), async move {
-            if tokio::time::timeout(timeout, watch).await.is_ok() {
-                return Ok(()); // the phase ended (or the node is stopping)
-            }
+        // Replacing the deadline cancels the previous phase's.
+        run._deadline = Some(ctx.deadline(timeout, move || {
             let mut st = me.state.lock().expect("consensus state");
             let Some(mut run) = st.runs.remove(&session) else {
-                return Ok(());
+                return;
             };
             if run.phase_id != phase_id {
                 st.runs.insert(session, run);
-                return Ok(());
+                return;
             }
             let why = format!("no answer within {} ms", timeout.as_millis());
             for (_, member) in run.waiting.drain() {
@@ -635,8 +629,7 @@ impl Consensus {
                 }
             }
             me.end_phase(&wctx, &mut st, run);
-            Ok(())
-        });
+        }));
     }
 
     /// All answers of the phase are in (or given up on): on to the vote, or the round's end.

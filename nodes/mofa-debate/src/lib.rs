@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
-use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::node::{Ctx, Deadline, Failure, Handler};
 use mofa_kernel::{Envelope, Kind, Role};
 use serde::Serialize;
 
@@ -204,15 +204,6 @@ pub fn judge_prompt(topic: &str, rounds: u32, debaters: &[String], transcript: &
     )
 }
 
-/// Ends a turn's timeout watch when dropped: the watch lives as long as the turn it guards.
-struct Timer(tokio::task::AbortHandle);
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The request a debate waits for: a debater's turn or the judge's verdict.
 #[derive(Debug, Clone)]
 struct Waiting {
@@ -231,7 +222,8 @@ struct Running {
     /// `next / N + 1`, and the judge is asked when it reaches N × R.
     next: usize,
     waiting: Option<Waiting>,
-    _timer: Option<Timer>,
+    /// The deadline of what it waits for; dropped with it.
+    _deadline: Option<Deadline>,
 }
 
 impl Running {
@@ -242,7 +234,7 @@ impl Running {
             absent: Vec::new(),
             next: 0,
             waiting: None,
-            _timer: None,
+            _deadline: None,
         }
     }
 }
@@ -429,9 +421,7 @@ impl Debate {
             w.id.clone(),
         );
         let timeout = self.cfg.turn_timeout;
-        // Not `ctx.spawn`: a watch is no work to drain at stop; it ends with its turn.
-        let watch = tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
+        let deadline = ctx.deadline(timeout, move || {
             let mut st = me.state.lock().expect("debate state");
             let Some(w) = st
                 .sessions
@@ -441,13 +431,11 @@ impl Debate {
             else {
                 return;
             };
-            // No await from here on: replacing this turn's Timer aborts this very task, which
-            // only takes effect at an await point.
             let reason = format!("no answer within {} ms", timeout.as_millis());
             me.turn_failed(&wctx, &mut st, &key, w, reason);
         });
         d.waiting = Some(w);
-        d._timer = Some(Timer(watch.abort_handle()));
+        d._deadline = Some(deadline);
     }
 
     /// Adds a turn to the transcript (`None`: absent) and publishes it on `turn`.
@@ -477,7 +465,7 @@ impl Debate {
         });
         d.next += 1;
         d.waiting = None;
-        d._timer = None;
+        d._deadline = None;
     }
 
     /// What `w` was waiting for will not come: the debater is absent, or the judge failed.

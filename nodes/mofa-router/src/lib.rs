@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse};
-use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::node::{Ctx, Deadline, Failure, Handler};
 use mofa_kernel::tool::ToolSpec;
 use mofa_kernel::{Envelope, Kind, Role};
 use serde_json::json;
@@ -64,8 +64,8 @@ impl RouterConfig {
 
 #[derive(Default)]
 struct State {
-    /// Routing request id → the task waiting for its route; the sender ends its timeout watch.
-    pending: HashMap<String, (Envelope, tokio::sync::oneshot::Sender<()>)>,
+    /// Routing request id → the task waiting for its route, and its deadline.
+    pending: HashMap<String, (Envelope, Deadline)>,
     task_closed: bool,
 }
 
@@ -141,22 +141,13 @@ impl Router {
         };
         let mut req = request.to_envelope(&task, ctx.node_id());
         req.id = request_id(&task);
-        let (done, watch) = tokio::sync::oneshot::channel::<()>();
-        self.state
-            .lock()
-            .expect("router state")
-            .pending
-            .insert(req.id.clone(), (task.clone(), done));
         let (state, wctx, id, timeout) = (
             self.state.clone(),
             ctx.clone(),
             req.id.clone(),
             self.cfg.timeout,
         );
-        ctx.spawn(task, async move {
-            if tokio::time::timeout(timeout, watch).await.is_ok() {
-                return Ok(());
-            }
+        let deadline = ctx.deadline(timeout, move || {
             let mut st = state.lock().expect("router state");
             if let Some((task, _)) = st.pending.remove(&id) {
                 wctx.fail(
@@ -170,8 +161,12 @@ impl Router {
                     wctx.exit();
                 }
             }
-            Ok(())
         });
+        self.state
+            .lock()
+            .expect("router state")
+            .pending
+            .insert(req.id.clone(), (task, deadline));
         ctx.send_one("llm", req);
         Ok(())
     }
@@ -260,6 +255,17 @@ impl Handler for Router {
         match input {
             "llm" => self.on_llm(ctx, msg),
             _ => self.on_task(ctx, msg),
+        }
+    }
+
+    /// Tasks still waiting for a route when the node stops are answered with an error.
+    async fn on_stop(&self, ctx: &Ctx) {
+        let mut st = self.state.lock().expect("router state");
+        for (_, (task, _)) in st.pending.drain() {
+            ctx.fail(
+                &task,
+                Failure::new("the router stopped before the LLM chose"),
+            );
         }
     }
 

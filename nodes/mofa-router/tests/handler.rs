@@ -5,7 +5,7 @@ use std::time::Duration;
 use mofa_kernel::llm::{ChatMessage, ChatResponse, ToolCall};
 use mofa_kernel::{Envelope, Kind, Role};
 use mofa_router::{Route, Router, RouterConfig, request_id};
-use mofa_tests::harness::{self, envelope, on};
+use mofa_tests::harness::{self, closed, envelope, on};
 
 fn router() -> Router {
     Router::new(RouterConfig {
@@ -83,6 +83,8 @@ fn an_unknown_choice_a_failed_llm_silence_and_strays_are_errors() {
             envelope(0.1, "llm", &answer(&t1, "", Some("painter"))),
             envelope(0.1, "llm", &failed),
             envelope(0.1, "llm", &stray),
+            // Keeps the node up past t3's timeout.
+            closed(0.8, "llm"),
         ],
     );
     let errors: Vec<String> = on(&sent, "error")
@@ -95,4 +97,14 @@ fn an_unknown_choice_a_failed_llm_silence_and_strays_are_errors() {
     assert!(errors[2].contains("unknown request"));
     assert!(errors[3].contains("no routing answer from the LLM within 400 ms"));
     assert!(on(&sent, "maths").is_empty() && on(&sent, "writer").is_empty());
+}
+
+#[test]
+fn a_task_still_waiting_for_its_route_at_stop_is_answered_with_an_error() {
+    let t = Envelope::task("src", "anything");
+    let sent = harness::run(router(), vec![envelope(0.0, "task", &t)]);
+    let errors = on(&sent, "error");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].reply_to.as_deref(), Some(t.id.as_str()));
+    assert!(errors[0].content.contains("stopped before the LLM chose"));
 }
