@@ -26,7 +26,7 @@ fn main() {
     eprintln!("building release nodes ...");
     let dir = tempfile::tempdir().unwrap();
     let release_yml = dora::release_copy("react.yml", dir.path());
-    let bin_dir = format!("{}/target/release/", dora::root().display());
+    let bin_dir = format!("{}/target/release", dora::root().display());
     let tasks = dir.path().join("tasks.jsonl");
     let lines: String = (0..RUNS)
         .map(|i| format!("{{\"task\": \"compute {i} + 1\"}}\n"))

@@ -26,7 +26,8 @@ impl Proc {
     }
 }
 
-/// Samples every process running a binary from `bin_dir` every 20 ms, until stopped.
+/// Samples every process running a binary from `bin_dir` (not its subfolders) every 20 ms,
+/// until stopped.
 pub struct Sampler {
     seen: Arc<Mutex<HashMap<u32, Proc>>>,
     stop: Arc<AtomicBool>,
@@ -66,7 +67,8 @@ fn sample(bin_dir: &str, seen: &mut HashMap<u32, Proc>) {
             continue;
         };
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-        if !exe.to_string_lossy().starts_with(bin_dir) {
+        // The node binaries sit in `bin_dir` itself; the benchmark's own binary is in deps/.
+        if exe.parent() != Some(std::path::Path::new(bin_dir)) {
             continue;
         }
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
