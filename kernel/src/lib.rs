@@ -5,6 +5,7 @@
 //! - [`llm`], [`tool`], [`plugin`]: the provider, tool and plugin traits.
 //! - [`config`]: reading a node's configuration from its environment.
 //! - [`queue`]: the priority queue where work waits for a free slot.
+//! - `script` (feature `script`): the one Rhai set-up for nodes that run scripts.
 
 pub mod config;
 pub mod envelope;
@@ -12,6 +13,8 @@ pub mod llm;
 pub mod node;
 pub mod plugin;
 pub mod queue;
+#[cfg(feature = "script")]
+pub mod script;
 pub mod tool;
 
 pub use envelope::{Envelope, Kind, Priority, Role};
