@@ -71,6 +71,18 @@ pub trait Handler: Send + Sync + 'static {
     /// An `Err` becomes an `error` envelope answering `msg`; the node goes on.
     async fn on_message(&self, ctx: &Ctx, input: &str, msg: Envelope) -> Result<(), Failure>;
 
+    /// [`on_message`](Self::on_message) with the string parameters of the dora metadata the
+    /// message came with (the envelope schema marker left out). Override it to read them.
+    async fn on_message_meta(
+        &self,
+        ctx: &Ctx,
+        input: &str,
+        msg: Envelope,
+        _meta: &Meta,
+    ) -> Result<(), Failure> {
+        self.on_message(ctx, input, msg).await
+    }
+
     /// The sender of `input` has exited; nothing more will come on it.
     async fn on_input_closed(&self, _ctx: &Ctx, _input: &str) {}
 
@@ -78,10 +90,15 @@ pub trait Handler: Send + Sync + 'static {
     async fn on_stop(&self, _ctx: &Ctx) {}
 }
 
+/// A message's dora metadata parameters that are strings, by name.
+pub type Meta = std::collections::BTreeMap<String, String>;
+
 enum Outgoing {
     Send {
         output: String,
         batch: Vec<Envelope>,
+        /// Extra dora metadata parameters for this send (besides the schema).
+        meta: Vec<(String, String)>,
     },
     Close,
 }
@@ -108,12 +125,19 @@ impl Ctx {
 
     /// Queues `batch` on `output` (one Arrow array, a row each).
     pub fn send(&self, output: &str, batch: Vec<Envelope>) {
+        self.send_with_meta(output, batch, Vec::new());
+    }
+
+    /// [`send`](Self::send) with extra dora metadata parameters (string values), e.g. the
+    /// version of the script that made the batch.
+    pub fn send_with_meta(&self, output: &str, batch: Vec<Envelope>, meta: Vec<(String, String)>) {
         if batch.is_empty() {
             return;
         }
         let _ = self.shared.out.send(Outgoing::Send {
             output: output.to_owned(),
             batch,
+            meta,
         });
     }
 
@@ -291,9 +315,18 @@ async fn event_loop<H: Handler>(
                 let input = id.as_str();
                 match envelope::from_arrow(data.as_array().as_ref(), input) {
                     Ok(batch) => {
+                        let meta: Meta = metadata
+                            .parameters
+                            .iter()
+                            .filter(|(k, _)| k.as_str() != SCHEMA_KEY)
+                            .filter_map(|(k, v)| match v {
+                                Parameter::String(s) => Some((k.clone(), s.clone())),
+                                _ => None,
+                            })
+                            .collect();
                         for msg in batch {
                             let cause = msg.clone();
-                            if let Err(f) = handler.on_message(&ctx, input, msg).await {
+                            if let Err(f) = handler.on_message_meta(&ctx, input, msg, &meta).await {
                                 ctx.fail(&cause, f);
                             }
                         }
@@ -350,6 +383,9 @@ async fn drain(ctx: &Ctx, bound: Duration) {
     }
 }
 
+/// One array to send: output, metadata parameters, rows.
+type Batch = (String, Vec<(String, String)>, Vec<Envelope>);
+
 /// Most rows sent in one Arrow array when messages queue up.
 const MAX_BATCH_ROWS: usize = 256;
 
@@ -361,17 +397,28 @@ fn send_loop(
     mut out: mpsc::UnboundedReceiver<Outgoing>,
     text_outputs: HashSet<String>,
 ) {
-    while let Some(Outgoing::Send { output, batch }) = out.blocking_recv() {
-        let mut pending: Vec<(String, Vec<Envelope>)> = vec![(output, batch)];
-        let mut rows = pending[0].1.len();
+    while let Some(Outgoing::Send {
+        output,
+        batch,
+        meta,
+    }) = out.blocking_recv()
+    {
+        let mut pending: Vec<Batch> = vec![(output, meta, batch)];
+        let mut rows = pending[0].2.len();
         let mut closing = false;
         while rows < MAX_BATCH_ROWS {
             match out.try_recv() {
-                Ok(Outgoing::Send { output, batch }) => {
+                Ok(Outgoing::Send {
+                    output,
+                    batch,
+                    meta,
+                }) => {
                     rows += batch.len();
-                    match pending.iter_mut().find(|(o, _)| *o == output) {
-                        Some((_, queued)) => queued.extend(batch),
-                        None => pending.push((output, batch)),
+                    // Joins the output's latest batch if their metadata match; otherwise a
+                    // new array follows it, so the order on each output holds.
+                    match pending.iter_mut().rev().find(|(o, _, _)| *o == output) {
+                        Some((_, m, queued)) if *m == meta => queued.extend(batch),
+                        _ => pending.push((output, meta, batch)),
                     }
                 }
                 Ok(Outgoing::Close) => {
@@ -381,8 +428,11 @@ fn send_loop(
                 Err(_) => break,
             }
         }
-        for (output, batch) in pending {
+        for (output, meta, batch) in pending {
             let mut params = MetadataParameters::default();
+            for (k, v) in meta {
+                params.insert(k, Parameter::String(v));
+            }
             let array = if text_outputs.contains(&output) {
                 envelope::to_text_arrow(&batch)
             } else {

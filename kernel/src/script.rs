@@ -12,7 +12,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rhai::{AST, Dynamic, Engine, EvalAltResult, Scope};
+use rhai::{Dynamic, Engine, EvalAltResult, Scope};
+
+/// A compiled script.
+pub use rhai::AST;
 use serde_json::Value;
 
 use crate::config::{self, ConfigError};
@@ -35,8 +38,8 @@ impl Default for Limits {
             max_operations: 1_000_000,
             max_call_levels: 64,
             max_string_size: 1 << 20,
-            max_array_size: 100_000,
-            max_map_size: 100_000,
+            max_array_size: 10_000,
+            max_map_size: 10_000,
             timeout: Duration::from_millis(1000),
         }
     }

@@ -1,5 +1,6 @@
 //! The result sink: writes every envelope it receives, from any input, as one JSON line (the
-//! envelope's fields plus `input`) to MOFA_OUT (a file, created anew; default stdout). With
+//! envelope's fields plus `input`, and `meta` when the message carried dora metadata
+//! parameters besides the schema, e.g. a script's version) to MOFA_OUT (a file, created anew; default stdout). With
 //! MOFA_EXPECT=N it ends after N outcomes: a `result`, or an `error`, which also ends its task.
 
 use std::io::Write;
@@ -7,7 +8,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
-use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::node::{Ctx, Failure, Handler, Meta};
 use mofa_kernel::{Envelope, Kind};
 
 pub struct Sink {
@@ -43,8 +44,21 @@ impl Sink {
 #[async_trait]
 impl Handler for Sink {
     async fn on_message(&self, ctx: &Ctx, input: &str, msg: Envelope) -> Result<(), Failure> {
+        self.on_message_meta(ctx, input, msg, &Meta::new()).await
+    }
+
+    async fn on_message_meta(
+        &self,
+        ctx: &Ctx,
+        input: &str,
+        msg: Envelope,
+        meta: &Meta,
+    ) -> Result<(), Failure> {
         let mut line = serde_json::to_value(&msg)?;
         line["input"] = input.into();
+        if !meta.is_empty() {
+            line["meta"] = serde_json::to_value(meta)?;
+        }
         {
             let mut out = self.out.lock().expect("sink output");
             writeln!(out, "{line}")?;

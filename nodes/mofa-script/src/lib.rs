@@ -1,0 +1,301 @@
+//! mofa-script: runs a Rhai script on every message (the runtime layer: behaviour changed
+//! without a rebuild).
+//!
+//! The script sees `msg`, the envelope as a map (`msg.content`, `msg.session`, `msg.priority`,
+//! …, and `msg.data`: the payload parsed as JSON, or `()`). Modes (MOFA_SCRIPT_MODE):
+//! - `task`: the script's value answers the message, as a `result` on `out` (a string is the
+//!   content; any other value is the payload, its JSON the content);
+//! - `condition`: the message goes on unchanged on `true` or `false` (a boolean), or on the
+//!   output the script names (a string among MOFA_SCRIPT_OUTPUTS);
+//! - `transform`: a new envelope replying to the message goes on `out`: a string replaces the
+//!   content; a map sets any of `content`, `data` (the payload), `kind`, `priority`, `round`.
+//!
+//! The script file (MOFA_SCRIPT) is watched: a changed file takes effect on the next message
+//! (checked every MOFA_SCRIPT_POLL_MS, default 200); one that does not compile leaves the
+//! previous version running and is reported on `error`. Every output carries the script's
+//! version in its dora metadata (`mofa.script_version`: `<n>-<hash>`, n counting the loads).
+//! A script error or a tripped limit (kernel::script::Limits, MOFA_SCRIPT_* variables) is an
+//! `error` envelope for that message; the node goes on.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use mofa_kernel::config::{self, ConfigError};
+use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::script::{Limits, ScriptEngine, ScriptError};
+use mofa_kernel::{Envelope, Kind, Priority, Role};
+use serde_json::{Value, json};
+
+/// The metadata parameter that names the script version an output came from.
+pub const VERSION_KEY: &str = "mofa.script_version";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Task,
+    Condition,
+    Transform,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScriptConfig {
+    pub path: PathBuf,
+    pub mode: Mode,
+    /// Outputs a condition may name, besides `true` and `false`.
+    pub outputs: Vec<String>,
+    pub limits: Limits,
+    pub poll: Duration,
+}
+
+impl ScriptConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mode = match config::optional("MOFA_SCRIPT_MODE").as_deref() {
+            None | Some("task") => Mode::Task,
+            Some("condition") => Mode::Condition,
+            Some("transform") => Mode::Transform,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "MOFA_SCRIPT_MODE",
+                    other,
+                    "expected task, condition or transform",
+                ));
+            }
+        };
+        Ok(ScriptConfig {
+            path: config::required("MOFA_SCRIPT", "the Rhai script to run (a .rhai file)")?.into(),
+            mode,
+            outputs: config::list("MOFA_SCRIPT_OUTPUTS"),
+            limits: Limits::from_env()?,
+            poll: config::millis_or("MOFA_SCRIPT_POLL_MS", Duration::from_millis(200))?,
+        })
+    }
+}
+
+/// The script as last loaded.
+struct Loaded {
+    ast: Arc<mofa_kernel::script::AST>,
+    version: String,
+    loads: u32,
+    /// The file's modification time and text when loaded: a change to either reloads.
+    stamp: (Option<SystemTime>, String),
+}
+
+pub struct ScriptNode {
+    cfg: ScriptConfig,
+    engine: Arc<ScriptEngine>,
+    loaded: Arc<Mutex<Loaded>>,
+}
+
+fn version_of(loads: u32, text: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    format!("{loads}-{:08x}", h.finish() as u32)
+}
+
+fn read(path: &PathBuf) -> std::io::Result<(Option<SystemTime>, String)> {
+    let text = std::fs::read_to_string(path)?;
+    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    Ok((mtime, text))
+}
+
+impl ScriptNode {
+    /// Loads the script; one that is missing or does not compile stops the node at start.
+    pub fn new(cfg: ScriptConfig) -> Result<Self, ConfigError> {
+        let engine = Arc::new(ScriptEngine::new(cfg.limits));
+        let path = cfg.path.display().to_string();
+        let stamp = read(&cfg.path).map_err(|e| ConfigError::invalid("MOFA_SCRIPT", &path, e))?;
+        let ast = engine
+            .compile(&stamp.1)
+            .map_err(|e| ConfigError::invalid("MOFA_SCRIPT", &path, e))?;
+        let loaded = Loaded {
+            ast,
+            version: version_of(1, &stamp.1),
+            loads: 1,
+            stamp,
+        };
+        Ok(ScriptNode {
+            cfg,
+            engine,
+            loaded: Arc::new(Mutex::new(loaded)),
+        })
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        ScriptNode::new(ScriptConfig::from_env()?)
+    }
+
+    /// Reloads the script if its file changed; a version that does not compile is reported
+    /// and the running one kept.
+    fn reload(&self, ctx: &Ctx) {
+        let Ok(now) = read(&self.cfg.path) else {
+            return; // mid-save, or removed: keep what runs
+        };
+        let mut l = self.loaded.lock().expect("script");
+        if now == l.stamp {
+            return;
+        }
+        let text_changed = now.1 != l.stamp.1;
+        l.stamp = now.clone();
+        if !text_changed {
+            return;
+        }
+        match self.engine.compile(&now.1) {
+            Ok(ast) => {
+                l.loads += 1;
+                l.ast = ast;
+                l.version = version_of(l.loads, &now.1);
+                tracing::info!(
+                    "script {} reloaded: version {}",
+                    self.cfg.path.display(),
+                    l.version
+                );
+            }
+            Err(e) => {
+                let cause = Envelope::new(Kind::Control, ctx.node_id(), Role::System, "reload");
+                ctx.fail(
+                    &cause,
+                    Failure::new(format!(
+                        "the new {} is not used: {e}; version {} goes on running",
+                        self.cfg.path.display(),
+                        l.version
+                    )),
+                );
+            }
+        }
+    }
+
+    /// What the node does with one message, given the script's value.
+    fn act(&self, ctx: &Ctx, msg: Envelope, value: Value, version: &str) -> Result<(), Failure> {
+        let meta = vec![(VERSION_KEY.to_owned(), version.to_owned())];
+        match self.cfg.mode {
+            Mode::Task => {
+                let mut out = msg.reply(Kind::Result, ctx.node_id(), Role::Assistant, "");
+                match value {
+                    Value::String(s) => out.content = s,
+                    v => {
+                        out.content = v.to_string();
+                        out = out.with_payload(&v);
+                    }
+                }
+                ctx.send_with_meta("out", vec![out], meta);
+            }
+            Mode::Condition => {
+                let output = match &value {
+                    Value::Bool(b) => b.to_string(),
+                    Value::String(s) if self.cfg.outputs.contains(s) => s.clone(),
+                    other => {
+                        return Err(Failure::new(format!(
+                            "a condition gives true, false or one of [{}]; this one gave {other}",
+                            self.cfg.outputs.join(", ")
+                        )));
+                    }
+                };
+                ctx.send_with_meta(&output, vec![msg], meta);
+            }
+            Mode::Transform => {
+                let out = transformed(&msg, ctx.node_id(), value)?;
+                ctx.send_with_meta("out", vec![out], meta);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The envelope a transform makes from `msg` and the script's value.
+fn transformed(msg: &Envelope, sender: &str, value: Value) -> Result<Envelope, Failure> {
+    let mut out = msg.reply(msg.kind, sender, msg.role, msg.content.clone());
+    out.payload = msg.payload.clone();
+    match value {
+        Value::String(s) => out.content = s,
+        Value::Object(fields) => {
+            for (k, v) in fields {
+                match (k.as_str(), v) {
+                    ("content", Value::String(s)) => out.content = s,
+                    ("data", Value::Null) => out.payload = None,
+                    ("data", v) => out.payload = Some(v.to_string()),
+                    ("kind", Value::String(s)) => {
+                        out.kind = serde_json::from_value(json!(s))
+                            .map_err(|_| Failure::new(format!("no envelope kind `{s}`")))?
+                    }
+                    ("priority", v) => {
+                        let n = v.as_u64().and_then(|n| u8::try_from(n).ok());
+                        out.priority = n
+                            .and_then(|n| Priority::try_from(n).ok())
+                            .ok_or_else(|| Failure::new(format!("priority {v} is not 0..=3")))?
+                    }
+                    ("round", v) => {
+                        out.round = v
+                            .as_u64()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .ok_or_else(|| Failure::new(format!("round {v} is not a count")))?
+                    }
+                    (k, v) => {
+                        return Err(Failure::new(format!(
+                            "a transform sets content, data, kind, priority or round; not {k} = {v}"
+                        )));
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(Failure::new(format!(
+                "a transform gives a string or a map; this one gave {other}"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The envelope as the script sees it.
+fn as_script_value(msg: &Envelope) -> Value {
+    let mut v = serde_json::to_value(msg).unwrap_or(Value::Null);
+    v["data"] = msg.payload_json().unwrap_or(Value::Null);
+    v
+}
+
+#[async_trait]
+impl Handler for ScriptNode {
+    async fn on_start(&self, ctx: &Ctx) -> Result<(), Failure> {
+        // Checks the file between messages too, so an idle node reports a broken edit.
+        let (me, wctx, poll) = (self.handle(), ctx.clone(), self.cfg.poll);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(poll).await;
+                me.reload(&wctx);
+            }
+        });
+        Ok(())
+    }
+
+    async fn on_message(&self, ctx: &Ctx, _input: &str, msg: Envelope) -> Result<(), Failure> {
+        self.reload(ctx);
+        let (ast, version) = {
+            let l = self.loaded.lock().expect("script");
+            (l.ast.clone(), l.version.clone())
+        };
+        let engine = self.engine.clone();
+        let seen = as_script_value(&msg);
+        // In order, message after message; the script may block (it is bounded by its limits).
+        let value = tokio::task::block_in_place(|| engine.eval(&ast, &[("msg", &seen)]));
+        match value {
+            Ok(v) => self.act(ctx, msg, v, &version),
+            Err(e) => {
+                let limit = matches!(e, ScriptError::Limit(_) | ScriptError::Timeout(_));
+                Err(Failure::new(e.to_string())
+                    .with_details(json!({"script_version": version, "limit": limit})))
+            }
+        }
+    }
+}
+
+impl ScriptNode {
+    fn handle(&self) -> ScriptNode {
+        ScriptNode {
+            cfg: self.cfg.clone(),
+            engine: self.engine.clone(),
+            loaded: self.loaded.clone(),
+        }
+    }
+}
