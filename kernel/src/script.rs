@@ -12,8 +12,11 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rhai::{AST, Dynamic, Engine, EvalAltResult, Scope};
+use rhai::{Dynamic, Engine, EvalAltResult, Scope};
 use serde_json::Value;
+
+/// A compiled script, as [`ScriptEngine::compile`] gives it.
+pub use rhai::AST;
 
 use crate::config::{self, ConfigError};
 
