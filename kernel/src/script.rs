@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, Engine, EvalAltResult, Scope};
-
-/// A compiled script.
-pub use rhai::AST;
 use serde_json::Value;
+
+/// A compiled script, as [`ScriptEngine::compile`] gives it.
+pub use rhai::AST;
 
 use crate::config::{self, ConfigError};
 

@@ -11,28 +11,43 @@
 //! MOFA_HTTP_ALLOW), MOFA_SANDBOX_DIR (the folder file_read/file_write/file_list are confined
 //! to), MOFA_HTTP_ALLOW (comma-separated hosts, `host` or `host:port`), MOFA_TOOL_TIMEOUT_MS
 //! (30000), MOFA_MCP_SERVERS (MCP servers whose tools to add: see [`mcp`]),
-//! MOFA_MCP_CONNECT_TIMEOUT_MS (30000).
+//! MOFA_MCP_CONNECT_TIMEOUT_MS (30000), MOFA_TOOLS_DIR (a folder of Rhai tools, `*.rhai`, see
+//! [`rhai_tools`]; none by default), with the script limits of `mofa_kernel::script::Limits`
+//! (MOFA_SCRIPT_TIMEOUT_MS, MOFA_SCRIPT_MAX_OPERATIONS, ...).
+//!
+//! The Rhai folder is watched while the node runs: new and changed files are (re)loaded, removed
+//! ones unloaded, and the catalog is published again on each change. A file that does not load
+//! is reported on `error`; an older version of it keeps serving.
 
 pub mod builtin;
 pub mod mcp;
 pub mod registry;
+pub mod rhai_tools;
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::script::{Limits, ScriptEngine};
 use mofa_kernel::tool::{self as wire, Tool};
 use mofa_kernel::{Envelope, Kind};
 
 pub use registry::Registry;
+use rhai_tools::ToolsDir;
+
+/// How often the Rhai tools folder is looked at.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 pub struct ToolsNode {
     registry: Arc<Registry>,
     mcp_servers: Vec<mcp::ServerConfig>,
     mcp_connect_timeout: Duration,
-    mcp_clients: std::sync::Mutex<Vec<Arc<mcp::Client>>>,
+    mcp_clients: Mutex<Vec<Arc<mcp::Client>>>,
+    tools_dir: Option<Arc<ToolsDir>>,
+    watcher: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl ToolsNode {
@@ -42,7 +57,39 @@ impl ToolsNode {
             mcp_servers: Vec::new(),
             mcp_connect_timeout: Duration::from_secs(30),
             mcp_clients: Default::default(),
+            tools_dir: None,
+            watcher: Mutex::default(),
         }
+    }
+
+    /// Rhai tools from `dir` (see [`rhai_tools`]), loaded at start and kept in step with the
+    /// folder while the node runs.
+    pub fn with_tools_dir(mut self, dir: PathBuf, engine: Arc<ScriptEngine>) -> Self {
+        self.tools_dir = Some(Arc::new(ToolsDir::new(dir, engine, self.registry.clone())));
+        self
+    }
+
+    /// Looks at the Rhai folder once; reports what did not load on `error`. True if the
+    /// catalog changed.
+    async fn rescan(ctx: &Ctx, dir: &Arc<ToolsDir>) -> bool {
+        let d = dir.clone();
+        let scan = match tokio::task::spawn_blocking(move || d.scan()).await {
+            Ok(scan) => scan,
+            Err(e) => rhai_tools::Scan {
+                changed: false,
+                errors: vec![format!("{}: the scan failed: {e}", dir.dir().display())],
+            },
+        };
+        for e in scan.errors {
+            let cause = Envelope::new(
+                Kind::Control,
+                ctx.node_id(),
+                mofa_kernel::Role::System,
+                "rhai tools",
+            );
+            ctx.fail(&cause, Failure::new(e));
+        }
+        scan.changed
     }
 
     /// MCP servers to connect to at start; their tools join the catalog.
@@ -124,7 +171,19 @@ impl ToolsNode {
         }
         let connect_timeout =
             config::millis_or("MOFA_MCP_CONNECT_TIMEOUT_MS", Duration::from_secs(30))?;
-        Ok(ToolsNode::new(registry).with_mcp_servers(mcp_servers, connect_timeout))
+        let mut node = ToolsNode::new(registry).with_mcp_servers(mcp_servers, connect_timeout);
+        if let Some(dir) = config::optional("MOFA_TOOLS_DIR") {
+            if !Path::new(&dir).is_dir() {
+                return Err(ConfigError::invalid(
+                    "MOFA_TOOLS_DIR",
+                    dir,
+                    "not a folder (of *.rhai tools)",
+                ));
+            }
+            let engine = Arc::new(ScriptEngine::new(Limits::from_env()?));
+            node = node.with_tools_dir(dir.into(), engine);
+        }
+        Ok(node)
     }
 }
 
@@ -165,16 +224,25 @@ impl Handler for ToolsNode {
                 }
             }
         }
-        let specs = self.registry.specs();
-        tracing::info!(
-            "tools: {}",
-            specs
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        ctx.send_one("catalog", wire::catalog_envelope(ctx.node_id(), &specs));
+        if let Some(dir) = &self.tools_dir {
+            Self::rescan(ctx, dir).await;
+        }
+        publish_catalog(ctx, &self.registry);
+        if let Some(dir) = self.tools_dir.clone() {
+            let (ctx, registry) = (ctx.clone(), self.registry.clone());
+            // Not in-flight work (Ctx::spawn): it never ends, so stop aborts it instead.
+            let watch = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(WATCH_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if Self::rescan(&ctx, &dir).await {
+                        publish_catalog(&ctx, &registry);
+                    }
+                }
+            });
+            *self.watcher.lock().expect("watcher") = Some(watch.abort_handle());
+        }
         Ok(())
     }
 
@@ -219,9 +287,26 @@ impl Handler for ToolsNode {
     }
 
     async fn on_stop(&self, _ctx: &Ctx) {
+        if let Some(watch) = self.watcher.lock().expect("watcher").take() {
+            watch.abort();
+        }
         // Ends the MCP sessions; stdio servers are child processes and end with them.
         for client in self.mcp_clients.lock().expect("clients").drain(..) {
             client.cancellation_token().cancel();
         }
     }
+}
+
+/// Sends the catalog (every tool's spec) on `catalog`.
+fn publish_catalog(ctx: &Ctx, registry: &Registry) {
+    let specs = registry.specs();
+    tracing::info!(
+        "tools: {}",
+        specs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    ctx.send_one("catalog", wire::catalog_envelope(ctx.node_id(), &specs));
 }

@@ -1,5 +1,6 @@
-//! The tools a node offers, each with its compiled argument schema. Tools can join while the
-//! node runs (an MCP server's, once connected).
+//! The tools a node offers, each with its compiled argument schema. Tools can join, be replaced
+//! and leave while the node runs (an MCP server's once connected; Rhai tools as their files
+//! change).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -28,7 +29,7 @@ impl Registry {
         }
     }
 
-    /// Adds a tool; its parameter schema must compile.
+    /// Adds a tool, or replaces the one of that name; its parameter schema must compile.
     pub fn add(&self, tool: Arc<dyn Tool>) -> Result<(), String> {
         let spec = tool.spec();
         let validator = jsonschema::validator_for(&spec.parameters)
@@ -43,6 +44,19 @@ impl Registry {
             .expect("registry lock")
             .insert(entry.spec.name.clone(), entry);
         Ok(())
+    }
+
+    /// Removes the tool of that name; false if there was none. Calls already running finish.
+    pub fn remove(&self, name: &str) -> bool {
+        self.tools
+            .write()
+            .expect("registry lock")
+            .remove(name)
+            .is_some()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tools.read().expect("registry lock").contains_key(name)
     }
 
     pub fn specs(&self) -> Vec<ToolSpec> {
