@@ -603,7 +603,7 @@ impl Agent {
 /// What the model is told in text ReAct mode.
 fn text_react_instructions(tools: &[ToolSpec]) -> String {
     "\n\nYou can use tools. To use one, reply exactly:\nThought: <your reasoning>\nAction: <tool name>\nAction Input: <JSON arguments>\nThen wait for the Observation. When you know the answer, reply:\nFinal Answer: <the answer>\nTools:\n".to_owned()
-        + &wire::describe(tools)
+        + wire::describe(tools).as_str()
 }
 
 enum TextStep {

@@ -258,7 +258,7 @@ pub fn tool_call_schema(tools: &[ToolSpec], call_required: bool) -> Value {
 
 fn tools_instruction(tools: &[ToolSpec]) -> String {
     "You can call tools. Reply with JSON only: {\"name\": <tool>, \"arguments\": {...}} to call a tool, or {\"answer\": \"...\"} to answer.\nTools:\n".to_owned()
-        + &mofa_kernel::tool::describe(tools)
+        + mofa_kernel::tool::describe(tools).as_str()
 }
 
 struct Generation {
