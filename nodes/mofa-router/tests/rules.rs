@@ -167,3 +167,31 @@ fn a_changed_rules_file_takes_effect_and_a_broken_one_leaves_the_old_rules_runni
     );
     assert!(errors[0].content.contains("rule `broken`: condition"));
 }
+
+#[test]
+fn the_shipped_moderation_rules_block_spam_and_route_the_rest() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rules/moderation.yml");
+    let router = Router::with_rules(config(&path)).unwrap();
+    let spam = Envelope::task("src", "Click HERE for free money");
+    let sums = Envelope::task("src", "What is 12 * 7?");
+    let poem = Envelope::task("src", "Write a haiku about rain.");
+    let sent = harness::run(
+        router,
+        vec![
+            envelope(0.0, "task", &spam),
+            envelope(0.0, "task", &sums),
+            envelope(0.0, "task", &poem),
+            closed(0.1, "task"),
+        ],
+    );
+    let blocked = on(&sent, "blocked");
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(
+        blocked[0].content,
+        "Blocked by moderation (spam): the task was not passed to an agent."
+    );
+    assert_eq!(blocked[0].reply_to.as_deref(), Some(spam.id.as_str()));
+    assert_eq!(on(&sent, "maths"), vec![sums]);
+    assert_eq!(on(&sent, "writer"), vec![poem]);
+    assert!(on(&sent, "error").is_empty());
+}
