@@ -6,6 +6,7 @@
 //! - [`config`]: reading a node's configuration from its environment.
 //! - [`queue`]: the priority queue where work waits for a free slot.
 //! - `script` (feature `script`): the one Rhai set-up for nodes that run scripts.
+//! - `rules` (feature `script`): the rule engine (YAML rules with Rhai conditions) on it.
 
 pub mod config;
 pub mod envelope;
@@ -13,6 +14,8 @@ pub mod llm;
 pub mod node;
 pub mod plugin;
 pub mod queue;
+#[cfg(feature = "script")]
+pub mod rules;
 #[cfg(feature = "script")]
 pub mod script;
 pub mod tool;

@@ -1,29 +1,42 @@
-//! mofa-router: custom routing. For each task an LLM picks, among described agents, the one
-//! to handle it; the task goes out unchanged on that agent's output.
+//! mofa-router: custom routing, by rules or by an LLM's choice.
 //!
-//! Inputs: `task`, `llm` (the bridge's answers). Outputs: one per route (named as in
-//! MOFA_ROUTES), `llm` (routing requests), `error`.
+//! **Rules** (MOFA_ROUTER_RULES set): each task is evaluated against a rules file
+//! (`mofa_kernel::rules`: YAML, Rhai conditions) and sent on every output a rule `emit`s —
+//! unchanged for an emit without `content`, as a new message answering the task with it. A
+//! task no rule emits for, or a rule that fails, is an `error` envelope for that task. The
+//! file is polled and hot-reloaded when it changes; a new version that does not load leaves
+//! the previous rules running and is reported on `error`. Inputs: `task`. Outputs: the
+//! MOFA_ROUTES, `error`.
 //!
-//! The model is offered one function, `choose_agent`, whose `agent` parameter is an enum of
-//! the route names, with `tool_choice: required`: the local model's grammar then cannot name
-//! anything else. An endpoint without function calling may answer in text; its first word is
-//! taken. A choice that is no route is an `error` envelope for the task.
+//! **LLM**: for each task an LLM picks, among described agents, the one to handle it; the
+//! task goes out unchanged on that agent's output. Inputs: `task`, `llm` (the bridge's
+//! answers). Outputs: one per route (named as in MOFA_ROUTES), `llm` (routing requests),
+//! `error`. The model is offered one function, `choose_agent`, whose `agent` parameter is an
+//! enum of the route names, with `tool_choice: required`: the local model's grammar then
+//! cannot name anything else. An endpoint without function calling may answer in text; its
+//! first word is taken. A choice that is no route is an `error` envelope for the task.
 //!
-//! Env: MOFA_ROUTES (comma-separated route names), MOFA_ROUTE_<NAME> (what that agent does,
-//! told to the model; NAME upper-cased, `-` as `_`), MOFA_ROUTER_PROMPT (instructions before
-//! the list), MOFA_ROUTER_TIMEOUT_MS (how long to wait for the LLM; 120000).
+//! Env: MOFA_ROUTES (comma-separated route names: the outputs; with rules, every output the
+//! rules emit on must be one). Rules: MOFA_ROUTER_RULES (the rules file),
+//! MOFA_ROUTER_RULES_POLL_MS (how often the file is checked for changes; 200), the
+//! MOFA_SCRIPT_* limits of `kernel::script`. LLM: MOFA_ROUTE_<NAME> (what that agent does,
+//! told to the model; NAME upper-cased, `-` as `_`), MOFA_ROUTER_PROMPT (instructions
+//! before the list), MOFA_ROUTER_TIMEOUT_MS (how long to wait for the LLM; 120000).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse};
 use mofa_kernel::node::{Ctx, Deadline, Failure, Handler};
+use mofa_kernel::rules::{RuleError, RuleSet};
+use mofa_kernel::script::{Limits, ScriptEngine};
 use mofa_kernel::tool::ToolSpec;
 use mofa_kernel::{Envelope, Kind, Role};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -40,14 +53,18 @@ pub struct RouterConfig {
 
 const PROMPT: &str = "You are a dispatcher. Choose the one agent best suited to the task.";
 
+fn routes_from_env() -> Result<Vec<String>, ConfigError> {
+    config::names(
+        "MOFA_ROUTES",
+        1,
+        "the agents to route to (output ids)",
+        &["task", "llm"],
+    )
+}
+
 impl RouterConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let names = config::names(
-            "MOFA_ROUTES",
-            1,
-            "the agents to route to (output ids)",
-            &["task", "llm"],
-        )?;
+        let names = routes_from_env()?;
         let mut routes = Vec::new();
         for name in names {
             let var = format!("MOFA_ROUTE_{}", name.to_uppercase().replace('-', "_"));
@@ -69,9 +86,156 @@ struct State {
     task_closed: bool,
 }
 
+/// Rule-based routing's configuration.
+#[derive(Debug, Clone)]
+pub struct RulesConfig {
+    pub path: PathBuf,
+    /// The outputs the rules may emit on.
+    pub routes: Vec<String>,
+    pub limits: Limits,
+    /// How often the file is checked for a change.
+    pub poll: Duration,
+}
+
+impl RulesConfig {
+    /// `None` when MOFA_ROUTER_RULES is not set (LLM routing).
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let Some(path) = config::optional("MOFA_ROUTER_RULES") else {
+            return Ok(None);
+        };
+        Ok(Some(RulesConfig {
+            path: path.into(),
+            routes: routes_from_env()?,
+            limits: Limits::from_env()?,
+            poll: config::millis_or("MOFA_ROUTER_RULES_POLL_MS", Duration::from_millis(200))?,
+        }))
+    }
+}
+
 pub struct Router {
+    mode: Mode,
+}
+
+enum Mode {
+    Llm(LlmRouting),
+    Rules(Arc<RuleRouting>),
+}
+
+struct LlmRouting {
     cfg: Arc<RouterConfig>,
     state: Arc<Mutex<State>>,
+}
+
+/// What identifies a version of the rules file: a change to either is a new version.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The rules file, loaded and checked against the routes.
+fn load_rules(engine: &ScriptEngine, cfg: &RulesConfig) -> Result<RuleSet, String> {
+    let set = RuleSet::load_file(engine, &cfg.path).map_err(|e| e.to_string())?;
+    let stray: Vec<&str> = set
+        .outputs()
+        .into_iter()
+        .filter(|o| !cfg.routes.iter().any(|r| r == o))
+        .collect();
+    if !stray.is_empty() {
+        return Err(format!(
+            "the rules emit on {}, which {} not in MOFA_ROUTES ({})",
+            stray.join(", "),
+            if stray.len() == 1 { "is" } else { "are" },
+            cfg.routes.join(", ")
+        ));
+    }
+    Ok(set)
+}
+
+struct RuleRouting {
+    cfg: RulesConfig,
+    engine: ScriptEngine,
+    /// The rules in force; a task is evaluated against those current when it arrived.
+    current: RwLock<Arc<RuleSet>>,
+    seen: Mutex<Stamp>,
+    poller: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl RuleRouting {
+    /// Reloads the file if it changed since last seen. A version that does not load is
+    /// reported once, and the rules in force stay.
+    fn check(&self, ctx: &Ctx) {
+        let now = stamp(&self.cfg.path);
+        {
+            let mut seen = self.seen.lock().expect("rules stamp");
+            if *seen == now {
+                return;
+            }
+            *seen = now;
+        }
+        match load_rules(&self.engine, &self.cfg) {
+            Ok(set) => {
+                *self.current.write().expect("rules") = Arc::new(set);
+                tracing::info!("rules reloaded from {}", self.cfg.path.display());
+            }
+            Err(e) => {
+                let cause = Envelope::new(Kind::Control, ctx.node_id(), Role::System, "reload");
+                ctx.fail(
+                    &cause,
+                    Failure::new(format!("rules not reloaded, the previous ones stay: {e}"))
+                        .with_details(json!({"rules": self.cfg.path.display().to_string()})),
+                );
+            }
+        }
+    }
+
+    fn on_task(self: &Arc<Self>, ctx: &Ctx, task: Envelope) {
+        let set = self.current.read().expect("rules").clone();
+        let (me, wctx, cause) = (self.clone(), ctx.clone(), task.clone());
+        ctx.spawn(cause, async move {
+            let t = task.clone();
+            // Scripts block (and may run to their deadline): off the async workers.
+            let outcome = tokio::task::spawn_blocking(move || set.evaluate(&me.engine, &t)).await?;
+            let outcome = outcome.map_err(|e| {
+                let rule = match &e {
+                    RuleError::Script { rule, .. } | RuleError::Invalid { rule, .. } => {
+                        Value::from(rule.as_str())
+                    }
+                    _ => Value::Null,
+                };
+                Failure::new(e.to_string()).with_details(json!({"rule": rule}))
+            })?;
+            if outcome.emits.is_empty() {
+                return Err(Failure::new("no rule routed the task").with_details(json!({
+                    "matched": outcome.matched,
+                    "vars": outcome.vars,
+                })));
+            }
+            let payload = json!({"rules": outcome.matched, "vars": outcome.vars});
+            for emit in outcome.emits {
+                let msg = match emit.content {
+                    None => task.clone(),
+                    Some(content) => {
+                        let text = match content {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        };
+                        let kind = emit.kind.unwrap_or(task.kind);
+                        let role = match kind {
+                            Kind::Task | Kind::Message => task.role,
+                            _ => Role::Assistant,
+                        };
+                        task.reply(kind, wctx.node_id(), role, text)
+                            .with_payload(&payload)
+                    }
+                };
+                tracing::info!(session = %task.session, "task {} → {}", task.id, emit.output);
+                wctx.send_one(&emit.output, msg);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The id of the routing request for `task`.
@@ -80,17 +244,43 @@ pub fn request_id(task: &Envelope) -> String {
 }
 
 impl Router {
+    /// Routing by an LLM's choice.
     pub fn new(cfg: RouterConfig) -> Self {
         Router {
-            cfg: Arc::new(cfg),
-            state: Arc::default(),
+            mode: Mode::Llm(LlmRouting {
+                cfg: Arc::new(cfg),
+                state: Arc::default(),
+            }),
         }
     }
 
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Router::new(RouterConfig::from_env()?))
+    /// Routing by rules; the rules file must load.
+    pub fn with_rules(cfg: RulesConfig) -> Result<Self, ConfigError> {
+        let engine = ScriptEngine::new(cfg.limits);
+        let seen = stamp(&cfg.path);
+        let set = load_rules(&engine, &cfg).map_err(|e| {
+            ConfigError::invalid("MOFA_ROUTER_RULES", cfg.path.display().to_string(), e)
+        })?;
+        Ok(Router {
+            mode: Mode::Rules(Arc::new(RuleRouting {
+                cfg,
+                engine,
+                current: RwLock::new(Arc::new(set)),
+                seen: Mutex::new(seen),
+                poller: Mutex::default(),
+            })),
+        })
     }
 
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match RulesConfig::from_env()? {
+            Some(rules) => Router::with_rules(rules),
+            None => Ok(Router::new(RouterConfig::from_env()?)),
+        }
+    }
+}
+
+impl LlmRouting {
     fn choose_tool(&self) -> ToolSpec {
         let names: Vec<&str> = self.cfg.routes.iter().map(|r| r.name.as_str()).collect();
         ToolSpec {
@@ -251,30 +441,67 @@ impl Router {
 
 #[async_trait]
 impl Handler for Router {
+    async fn on_start(&self, ctx: &Ctx) -> Result<(), Failure> {
+        if let Mode::Rules(r) = &self.mode {
+            let (r2, ctx) = (r.clone(), ctx.clone());
+            let poll = r.cfg.poll;
+            // Not `ctx.spawn`: it never ends, and a stopping node must not wait for it.
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(poll);
+                loop {
+                    tick.tick().await;
+                    r2.check(&ctx);
+                }
+            });
+            *r.poller.lock().expect("poller") = Some(task.abort_handle());
+        }
+        Ok(())
+    }
+
     async fn on_message(&self, ctx: &Ctx, input: &str, msg: Envelope) -> Result<(), Failure> {
-        match input {
-            "llm" => self.on_llm(ctx, msg),
-            _ => self.on_task(ctx, msg),
+        match (&self.mode, input) {
+            (Mode::Rules(r), _) => {
+                r.on_task(ctx, msg);
+                Ok(())
+            }
+            (Mode::Llm(l), "llm") => l.on_llm(ctx, msg),
+            (Mode::Llm(l), _) => l.on_task(ctx, msg),
         }
     }
 
     /// Tasks still waiting for a route when the node stops are answered with an error.
     async fn on_stop(&self, ctx: &Ctx) {
-        let mut st = self.state.lock().expect("router state");
-        for (_, (task, _)) in st.pending.drain() {
-            ctx.fail(
-                &task,
-                Failure::new("the router stopped before the LLM chose"),
-            );
+        match &self.mode {
+            Mode::Rules(r) => {
+                if let Some(p) = r.poller.lock().expect("poller").take() {
+                    p.abort();
+                }
+            }
+            Mode::Llm(l) => {
+                let mut st = l.state.lock().expect("router state");
+                for (_, (task, _)) in st.pending.drain() {
+                    ctx.fail(
+                        &task,
+                        Failure::new("the router stopped before the LLM chose"),
+                    );
+                }
+            }
         }
     }
 
     async fn on_input_closed(&self, ctx: &Ctx, input: &str) {
-        if input == "task" {
-            let mut st = self.state.lock().expect("router state");
-            st.task_closed = true;
-            if st.pending.is_empty() {
-                ctx.exit();
+        if input != "task" {
+            return;
+        }
+        match &self.mode {
+            // Evaluations in flight are drained before the node ends.
+            Mode::Rules(_) => ctx.exit(),
+            Mode::Llm(l) => {
+                let mut st = l.state.lock().expect("router state");
+                st.task_closed = true;
+                if st.pending.is_empty() {
+                    ctx.exit();
+                }
             }
         }
     }
