@@ -48,7 +48,7 @@ use rhai::AST;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::envelope::{Envelope, Kind, Priority};
+use crate::envelope::{Envelope, Kind, Priority, Role};
 use crate::script::{ScriptEngine, ScriptError};
 
 /// How a group picks the rules that fire (see the module documentation).
@@ -130,6 +130,36 @@ enum Level {
     Normal,
     High,
     Critical,
+}
+
+impl Outcome {
+    /// The messages the emits make of `msg`: an emit without content forwards `msg` itself; one
+    /// with content is a new message replying to it (its `kind`, or `msg`'s), carrying the
+    /// matched rules and the variables in its payload. Output, message; in emit order.
+    pub fn messages(&self, msg: &Envelope, sender: &str) -> Vec<(String, Envelope)> {
+        let payload = serde_json::json!({"rules": self.matched, "vars": self.vars});
+        self.emits
+            .iter()
+            .map(|emit| {
+                let out = match &emit.content {
+                    None => msg.clone(),
+                    Some(content) => {
+                        let text = match content {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        let kind = emit.kind.unwrap_or(msg.kind);
+                        let role = match kind {
+                            Kind::Task | Kind::Message => msg.role,
+                            _ => Role::Assistant,
+                        };
+                        msg.reply(kind, sender, role, text).with_payload(&payload)
+                    }
+                };
+                (emit.output.clone(), out)
+            })
+            .collect()
+    }
 }
 
 impl From<Level> for Priority {

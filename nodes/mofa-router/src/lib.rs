@@ -212,26 +212,9 @@ impl RuleRouting {
                     "vars": outcome.vars,
                 })));
             }
-            let payload = json!({"rules": outcome.matched, "vars": outcome.vars});
-            for emit in outcome.emits {
-                let msg = match emit.content {
-                    None => task.clone(),
-                    Some(content) => {
-                        let text = match content {
-                            Value::String(s) => s,
-                            other => other.to_string(),
-                        };
-                        let kind = emit.kind.unwrap_or(task.kind);
-                        let role = match kind {
-                            Kind::Task | Kind::Message => task.role,
-                            _ => Role::Assistant,
-                        };
-                        task.reply(kind, wctx.node_id(), role, text)
-                            .with_payload(&payload)
-                    }
-                };
-                tracing::info!(session = %task.session, "task {} → {}", task.id, emit.output);
-                wctx.send_one(&emit.output, msg);
+            for (output, msg) in outcome.messages(&task, wctx.node_id()) {
+                tracing::info!(session = %task.session, "task {} → {output}", task.id);
+                wctx.send_one(&output, msg);
             }
             Ok(())
         });

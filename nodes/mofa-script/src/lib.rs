@@ -8,7 +8,10 @@
 //! - `condition`: the message goes on unchanged on `true` or `false` (a boolean), or on the
 //!   output the script names (a string among MOFA_SCRIPT_OUTPUTS);
 //! - `transform`: a new envelope replying to the message goes on `out`: a string replaces the
-//!   content; a map sets any of `content`, `data` (the payload), `kind`, `priority`, `round`.
+//!   content; a map sets any of `content`, `data` (the payload), `kind`, `priority`, `round`;
+//! - `rules`: MOFA_SCRIPT is a rules file (kernel::rules: Rhai conditions, priorities, match
+//!   modes, set/emit/goto, groups with defaults); each emit goes out on its output. A message
+//!   no rule emits for is an `error`, not dropped.
 //!
 //! The script file (MOFA_SCRIPT) is watched: a changed file takes effect on the next message
 //! (checked every MOFA_SCRIPT_POLL_MS, default 200); one that does not compile leaves the
@@ -24,6 +27,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::node::{Ctx, Failure, Handler};
+use mofa_kernel::rules::RuleSet;
 use mofa_kernel::script::{Limits, ScriptEngine, ScriptError};
 use mofa_kernel::{Envelope, Kind, Priority, Role};
 use serde_json::{Value, json};
@@ -36,6 +40,7 @@ pub enum Mode {
     Task,
     Condition,
     Transform,
+    Rules,
 }
 
 #[derive(Debug, Clone)]
@@ -54,11 +59,12 @@ impl ScriptConfig {
             None | Some("task") => Mode::Task,
             Some("condition") => Mode::Condition,
             Some("transform") => Mode::Transform,
+            Some("rules") => Mode::Rules,
             Some(other) => {
                 return Err(ConfigError::invalid(
                     "MOFA_SCRIPT_MODE",
                     other,
-                    "expected task, condition or transform",
+                    "expected task, condition, transform or rules",
                 ));
             }
         };
@@ -72,9 +78,16 @@ impl ScriptConfig {
     }
 }
 
+/// What a file compiles to: a script, or a rule set.
+#[derive(Clone)]
+enum Program {
+    Script(Arc<mofa_kernel::script::AST>),
+    Rules(Arc<RuleSet>),
+}
+
 /// The script as last loaded.
 struct Loaded {
-    ast: Arc<mofa_kernel::script::AST>,
+    program: Program,
     version: String,
     loads: u32,
     /// The file's modification time and text when loaded: a change to either reloads.
@@ -106,11 +119,10 @@ impl ScriptNode {
         let engine = Arc::new(ScriptEngine::new(cfg.limits));
         let path = cfg.path.display().to_string();
         let stamp = read(&cfg.path).map_err(|e| ConfigError::invalid("MOFA_SCRIPT", &path, e))?;
-        let ast = engine
-            .compile(&stamp.1)
+        let program = compile(&engine, cfg.mode, &stamp.1)
             .map_err(|e| ConfigError::invalid("MOFA_SCRIPT", &path, e))?;
         let loaded = Loaded {
-            ast,
+            program,
             version: version_of(1, &stamp.1),
             loads: 1,
             stamp,
@@ -141,10 +153,10 @@ impl ScriptNode {
         if !text_changed {
             return;
         }
-        match self.engine.compile(&now.1) {
-            Ok(ast) => {
+        match compile(&self.engine, self.cfg.mode, &now.1) {
+            Ok(program) => {
                 l.loads += 1;
-                l.ast = ast;
+                l.program = program;
                 l.version = version_of(l.loads, &now.1);
                 tracing::info!(
                     "script {} reloaded: version {}",
@@ -198,8 +210,22 @@ impl ScriptNode {
                 let out = transformed(&msg, ctx.node_id(), value)?;
                 ctx.send_with_meta("out", vec![out], meta);
             }
+            Mode::Rules => unreachable!("rules give an outcome, not a value"),
         }
         Ok(())
+    }
+}
+
+/// The file's text as the mode reads it.
+fn compile(engine: &ScriptEngine, mode: Mode, text: &str) -> Result<Program, String> {
+    match mode {
+        Mode::Rules => RuleSet::load(engine, text)
+            .map(|r| Program::Rules(Arc::new(r)))
+            .map_err(|e| e.to_string()),
+        _ => engine
+            .compile(text)
+            .map(Program::Script)
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -271,11 +297,31 @@ impl Handler for ScriptNode {
 
     async fn on_message(&self, ctx: &Ctx, _input: &str, msg: Envelope) -> Result<(), Failure> {
         self.reload(ctx);
-        let (ast, version) = {
+        let (program, version) = {
             let l = self.loaded.lock().expect("script");
-            (l.ast.clone(), l.version.clone())
+            (l.program.clone(), l.version.clone())
         };
         let engine = self.engine.clone();
+        let ast = match program {
+            Program::Script(ast) => ast,
+            Program::Rules(rules) => {
+                // In order, message after message; rules may block (bounded by their limits).
+                let outcome = tokio::task::block_in_place(|| rules.evaluate(&engine, &msg))
+                    .map_err(|e| {
+                        Failure::new(e.to_string()).with_details(json!({"script_version": version}))
+                    })?;
+                let out = outcome.messages(&msg, ctx.node_id());
+                if out.is_empty() {
+                    return Err(Failure::new("no rule emitted anything for the message")
+                        .with_details(json!({"matched": outcome.matched, "vars": outcome.vars})));
+                }
+                for (output, m) in out {
+                    let meta = vec![(VERSION_KEY.to_owned(), version.clone())];
+                    ctx.send_with_meta(&output, vec![m], meta);
+                }
+                return Ok(());
+            }
+        };
         let seen = as_script_value(&msg);
         // In order, message after message; the script may block (it is bounded by its limits).
         let value = tokio::task::block_in_place(|| engine.eval(&ast, &[("msg", &seen)]));

@@ -185,3 +185,45 @@ fn a_changed_script_takes_effect_and_a_broken_one_leaves_the_old_running() {
         errors[0].content
     );
 }
+
+#[test]
+fn rules_mode_sends_what_the_rules_emit_and_an_unmatched_message_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = r#"
+mode: first
+rules:
+  - name: spam
+    priority: critical
+    condition: 'msg.content.to_lower().contains("buy now")'
+    actions:
+      - set: {reason: '"spam"'}
+      - emit: {output: blocked, content: '"blocked: " + vars.reason', kind: result}
+  - name: question
+    condition: 'msg.content.ends_with("?")'
+    actions: [{emit: {output: out}}]
+"#;
+    let spam = Envelope::task("src", "BUY NOW, cheap?");
+    let q = Envelope::task("src", "why?");
+    let other = Envelope::task("src", "a statement");
+    let sent = harness::run(
+        node(dir.path(), Mode::Rules, rules),
+        vec![envelopes(
+            0.0,
+            "in",
+            &[spam.clone(), q.clone(), other.clone()],
+        )],
+    );
+    // Critical first: the spam rule wins over the question rule that also matches.
+    let blocked = on(&sent, "blocked");
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(
+        (blocked[0].kind, blocked[0].content.as_str()),
+        (Kind::Result, "blocked: spam")
+    );
+    assert_eq!(blocked[0].reply_to.as_deref(), Some(spam.id.as_str()));
+    assert_eq!(on(&sent, "out"), vec![q], "forwarded unchanged");
+    let errors = on(&sent, "error");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].reply_to.as_deref(), Some(other.id.as_str()));
+    assert!(errors[0].content.contains("no rule emitted"));
+}
