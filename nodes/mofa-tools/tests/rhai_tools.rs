@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mofa_kernel::llm::ToolCall;
+use mofa_kernel::node::{Ctx, Failure, Handler};
 use mofa_kernel::script::{Limits, ScriptEngine};
 use mofa_kernel::tool::{self as wire, ToolError};
 use mofa_kernel::{Envelope, Kind};
@@ -344,6 +345,30 @@ async fn the_folder_is_kept_in_step_with_the_registry() {
     assert_eq!(names(), ["calculator"]);
 }
 
+/// The tools node, telling `started` when its start (the first folder scan and catalog) is
+/// done: the test's edits are timed from there, as its events are.
+struct Started {
+    node: ToolsNode,
+    started: std::sync::mpsc::Sender<()>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Started {
+    async fn on_start(&self, ctx: &Ctx) -> Result<(), Failure> {
+        let r = self.node.on_start(ctx).await;
+        let _ = self.started.send(());
+        r
+    }
+
+    async fn on_message(&self, ctx: &Ctx, input: &str, msg: Envelope) -> Result<(), Failure> {
+        self.node.on_message(ctx, input, msg).await
+    }
+
+    async fn on_stop(&self, ctx: &Ctx) {
+        self.node.on_stop(ctx).await
+    }
+}
+
 fn call(name: &str, args: Value) -> Envelope {
     let task = Envelope::task("t", "q");
     let c = ToolCall {
@@ -364,13 +389,18 @@ fn the_running_node_reloads_the_folder_and_republishes_its_catalog_within_a_seco
     );
     let registry = Registry::new(Duration::from_secs(10));
     registry.add(Arc::new(Calculator)).unwrap();
-    let node = ToolsNode::new(registry).with_tools_dir(dir.path().to_owned(), engine());
+    let (started, started_rx) = std::sync::mpsc::channel();
+    let node = Started {
+        node: ToolsNode::new(registry).with_tools_dir(dir.path().to_owned(), engine()),
+        started,
+    };
 
     // Changes 1.5 s apart (the first 1.5 s after start, once the node is surely up: an edit
     // before its first scan would merge two catalogs): were one not seen within a second,
     // its catalog would be missing.
     let root = dir.path().to_owned();
     let editor = std::thread::spawn(move || {
+        started_rx.recv().expect("the node started");
         let at = Instant::now();
         let wait_until = |s: f64| {
             let t = Duration::from_secs_f64(s);
@@ -392,9 +422,10 @@ fn the_running_node_reloads_the_folder_and_republishes_its_catalog_within_a_seco
         vec![
             envelope(2.6, "agent", &during_v1),
             envelope(5.6, "agent", &broken_v3),
-            // The last event: the node runs until it.
+            // The last event: the node runs until it (2 s after the last edit: room for a
+            // slow start, whose time the harness's clock counts and the editor's does not).
             envelope(
-                7.0,
+                8.0,
                 "agent",
                 &call("calculator", json!({"expression": "1"})),
             ),
