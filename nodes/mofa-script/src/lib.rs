@@ -138,20 +138,25 @@ impl ScriptNode {
         ScriptNode::new(ScriptConfig::from_env()?)
     }
 
-    /// Reloads the script if its file changed; a version that does not compile is reported
-    /// and the running one kept.
-    fn reload(&self, ctx: &Ctx) {
+    /// The version of the script now running (`<n>-<hash>`).
+    pub fn version(&self) -> String {
+        self.loaded.lock().expect("script").version.clone()
+    }
+
+    /// Reloads the script if its file changed. A version that does not compile is not used:
+    /// the running one is kept and the message saying so is returned.
+    pub fn reload(&self) -> Option<String> {
         let Ok(now) = read(&self.cfg.path) else {
-            return; // mid-save, or removed: keep what runs
+            return None; // mid-save, or removed: keep what runs
         };
         let mut l = self.loaded.lock().expect("script");
         if now == l.stamp {
-            return;
+            return None;
         }
         let text_changed = now.1 != l.stamp.1;
         l.stamp = now.clone();
         if !text_changed {
-            return;
+            return None;
         }
         match compile(&self.engine, self.cfg.mode, &now.1) {
             Ok(program) => {
@@ -163,27 +168,65 @@ impl ScriptNode {
                     self.cfg.path.display(),
                     l.version
                 );
+                None
             }
+            Err(e) => Some(format!(
+                "the new {} is not used: {e}; version {} goes on running",
+                self.cfg.path.display(),
+                l.version
+            )),
+        }
+    }
+
+    /// [`reload`](Self::reload) in the node: a broken version is reported on `error`.
+    fn reload_reporting(&self, ctx: &Ctx) {
+        if let Some(message) = self.reload() {
+            let cause = Envelope::new(Kind::Control, ctx.node_id(), Role::System, "reload");
+            ctx.fail(&cause, Failure::new(message));
+        }
+    }
+
+    /// Runs the script on one message (the script as now loaded; call [`reload`](Self::reload)
+    /// first to pick up edits): what to send, on which output, and the version that made it.
+    /// Blocks while the script runs (bounded by its limits). `sender` names the outputs' sender.
+    pub fn process(&self, msg: &Envelope, sender: &str) -> Result<Processed, Failure> {
+        let (program, version) = {
+            let l = self.loaded.lock().expect("script");
+            (l.program.clone(), l.version.clone())
+        };
+        let ast = match program {
+            Program::Script(ast) => ast,
+            Program::Rules(rules) => {
+                let outcome = rules.evaluate(&self.engine, msg).map_err(|e| {
+                    Failure::new(e.to_string()).with_details(json!({"script_version": version}))
+                })?;
+                let sends = outcome.messages(msg, sender);
+                if sends.is_empty() {
+                    return Err(Failure::new("no rule emitted anything for the message")
+                        .with_details(json!({"matched": outcome.matched, "vars": outcome.vars})));
+                }
+                return Ok(Processed { sends, version });
+            }
+        };
+        let seen = as_script_value(msg);
+        match self.engine.eval(&ast, &[("msg", &seen)]) {
+            Ok(v) => Ok(Processed {
+                sends: self.act(sender, msg, v)?,
+                version,
+            }),
             Err(e) => {
-                let cause = Envelope::new(Kind::Control, ctx.node_id(), Role::System, "reload");
-                ctx.fail(
-                    &cause,
-                    Failure::new(format!(
-                        "the new {} is not used: {e}; version {} goes on running",
-                        self.cfg.path.display(),
-                        l.version
-                    )),
-                );
+                let limit = matches!(e, ScriptError::Limit(_) | ScriptError::Timeout(_));
+                Err(Failure::new(e.to_string())
+                    .with_details(json!({"script_version": version, "limit": limit})))
             }
         }
     }
 
-    /// What the node does with one message, given the script's value.
-    fn act(&self, ctx: &Ctx, msg: Envelope, value: Value, version: &str) -> Result<(), Failure> {
-        let meta = vec![(VERSION_KEY.to_owned(), version.to_owned())];
+    /// What to send for one message, given the script's value.
+    fn act(&self, sender: &str, msg: &Envelope, value: Value) -> Result<Sends, Failure> {
         match self.cfg.mode {
             Mode::Task => {
-                let mut out = msg.reply(Kind::Result, ctx.node_id(), Role::Assistant, "");
+                let mut out = msg.reply(Kind::Result, sender, Role::Assistant, "");
                 match value {
                     Value::String(s) => out.content = s,
                     v => {
@@ -191,7 +234,7 @@ impl ScriptNode {
                         out = out.with_payload(&v);
                     }
                 }
-                ctx.send_with_meta("out", vec![out], meta);
+                Ok(vec![("out".into(), out)])
             }
             Mode::Condition => {
                 let output = match &value {
@@ -204,15 +247,11 @@ impl ScriptNode {
                         )));
                     }
                 };
-                ctx.send_with_meta(&output, vec![msg], meta);
+                Ok(vec![(output, msg.clone())])
             }
-            Mode::Transform => {
-                let out = transformed(&msg, ctx.node_id(), value)?;
-                ctx.send_with_meta("out", vec![out], meta);
-            }
+            Mode::Transform => Ok(vec![("out".into(), transformed(msg, sender, value)?)]),
             Mode::Rules => unreachable!("rules give an outcome, not a value"),
         }
-        Ok(())
     }
 }
 
@@ -227,6 +266,17 @@ fn compile(engine: &ScriptEngine, mode: Mode, text: &str) -> Result<Program, Str
             .map(Program::Script)
             .map_err(|e| e.to_string()),
     }
+}
+
+/// Envelopes to send, each with its output.
+pub type Sends = Vec<(String, Envelope)>;
+
+/// What one message made: the envelopes to send and the script version that made them (for
+/// the outputs' [`VERSION_KEY`] metadata).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Processed {
+    pub sends: Sends,
+    pub version: String,
 }
 
 /// The envelope a transform makes from `msg` and the script's value.
@@ -289,50 +339,21 @@ impl Handler for ScriptNode {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(poll).await;
-                me.reload(&wctx);
+                me.reload_reporting(&wctx);
             }
         });
         Ok(())
     }
 
     async fn on_message(&self, ctx: &Ctx, _input: &str, msg: Envelope) -> Result<(), Failure> {
-        self.reload(ctx);
-        let (program, version) = {
-            let l = self.loaded.lock().expect("script");
-            (l.program.clone(), l.version.clone())
-        };
-        let engine = self.engine.clone();
-        let ast = match program {
-            Program::Script(ast) => ast,
-            Program::Rules(rules) => {
-                // In order, message after message; rules may block (bounded by their limits).
-                let outcome = tokio::task::block_in_place(|| rules.evaluate(&engine, &msg))
-                    .map_err(|e| {
-                        Failure::new(e.to_string()).with_details(json!({"script_version": version}))
-                    })?;
-                let out = outcome.messages(&msg, ctx.node_id());
-                if out.is_empty() {
-                    return Err(Failure::new("no rule emitted anything for the message")
-                        .with_details(json!({"matched": outcome.matched, "vars": outcome.vars})));
-                }
-                for (output, m) in out {
-                    let meta = vec![(VERSION_KEY.to_owned(), version.clone())];
-                    ctx.send_with_meta(&output, vec![m], meta);
-                }
-                return Ok(());
-            }
-        };
-        let seen = as_script_value(&msg);
+        self.reload_reporting(ctx);
         // In order, message after message; the script may block (it is bounded by its limits).
-        let value = tokio::task::block_in_place(|| engine.eval(&ast, &[("msg", &seen)]));
-        match value {
-            Ok(v) => self.act(ctx, msg, v, &version),
-            Err(e) => {
-                let limit = matches!(e, ScriptError::Limit(_) | ScriptError::Timeout(_));
-                Err(Failure::new(e.to_string())
-                    .with_details(json!({"script_version": version, "limit": limit})))
-            }
+        let done = tokio::task::block_in_place(|| self.process(&msg, ctx.node_id()))?;
+        for (output, out) in done.sends {
+            let meta = vec![(VERSION_KEY.to_owned(), done.version.clone())];
+            ctx.send_with_meta(&output, vec![out], meta);
         }
+        Ok(())
     }
 }
 
