@@ -234,17 +234,28 @@ pub fn release_copy(dataflow: &str, dir: &Path) -> PathBuf {
         .expect("cargo")
         .success();
     assert!(ok, "release build failed");
-    let yml = std::fs::read_to_string(root().join("dataflows").join(dataflow))
+    copy_of(dataflow, dir, "release", &[])
+}
+
+/// A copy of `dataflows/<dataflow>` in `dir` that runs the `profile` ("debug" or "release")
+/// node binaries by absolute path, without build lines (the caller has built them), and with
+/// each `(from, to)` text replacement made. Returns the copy's path.
+pub fn copy_of(dataflow: &str, dir: &Path, profile: &str, replace: &[(&str, String)]) -> PathBuf {
+    let mut yml = std::fs::read_to_string(root().join("dataflows").join(dataflow))
         .expect("the dataflow")
         .replace(
             "../target/debug/",
-            &format!("{}/target/release/", root().display()),
-        )
+            &format!("{}/target/{profile}/", root().display()),
+        );
+    for (from, to) in replace {
+        assert!(yml.contains(from), "{dataflow} has no `{from}`");
+        yml = yml.replace(from, to);
+    }
+    let yml: Vec<&str> = yml
         .lines()
         .filter(|l| !l.trim_start().starts_with("build:"))
-        .collect::<Vec<_>>()
-        .join("\n");
+        .collect();
     let copy = dir.join(dataflow);
-    std::fs::write(&copy, yml).expect("write the copy");
+    std::fs::write(&copy, yml.join("\n")).expect("write the copy");
     copy
 }

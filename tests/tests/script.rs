@@ -12,22 +12,15 @@ fn an_edited_script_takes_effect_in_the_running_dataflow_within_a_second() {
     std::fs::copy(dora::root().join("scripts/transforms/tag.rhai"), &script).unwrap();
     // The dataflow as shipped, but with the script copied here (this test edits it), the node
     // binaries named absolutely, and no build line (the test command has built them).
-    let yml = std::fs::read_to_string(dora::root().join("dataflows/script.yml"))
-        .unwrap()
-        .replace(
-            "../target/debug/",
-            &format!("{}/target/debug/", dora::root().display()),
-        )
-        .replace(
+    let yml_path = dora::copy_of(
+        "script.yml",
+        dir.path(),
+        "debug",
+        &[(
             "MOFA_SCRIPT: ../scripts/transforms/tag.rhai",
-            &format!("MOFA_SCRIPT: {}", script.display()),
-        )
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("build:"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let yml_path = dir.path().join("script.yml");
-    std::fs::write(&yml_path, yml).unwrap();
+            format!("MOFA_SCRIPT: {}", script.display()),
+        )],
+    );
     let tasks = dir.path().join("tasks.jsonl");
     let lines: String = (0..16)
         .map(|i| format!("{{\"task\": \"task number {i}\"}}\n"))

@@ -84,22 +84,15 @@ fn a_script_error_is_an_error_envelope_and_the_operator_goes_on() {
     // The shipped dataflow's build line puts the operator's library where the graph loads it
     // (`cargo test` leaves it in deps/); then the dataflow as shipped, with this script.
     dora::build("script-operator.yml");
-    let yml = std::fs::read_to_string(dora::root().join("dataflows/script-operator.yml"))
-        .unwrap()
-        .replace(
-            "../target/debug/",
-            &format!("{}/target/debug/", dora::root().display()),
-        )
-        .replace(
+    let yml_path = dora::copy_of(
+        "script-operator.yml",
+        dir.path(),
+        "debug",
+        &[(
             "MOFA_SCRIPT: ../scripts/transforms/tag.rhai",
-            &format!("MOFA_SCRIPT: {}", script.display()),
-        )
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("build:"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let yml_path = dir.path().join("script-operator.yml");
-    std::fs::write(&yml_path, yml).unwrap();
+            format!("MOFA_SCRIPT: {}", script.display()),
+        )],
+    );
     let sink = dir.path().join("sink.jsonl");
     let run = dora::run_file(
         &yml_path,
