@@ -123,9 +123,7 @@ impl ScriptEngine {
 
     /// The compiled script, from the cache when this very text was compiled before.
     pub fn compile(&self, source: &str) -> Result<Arc<AST>, ScriptError> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        source.hash(&mut h);
-        let key = h.finish();
+        let key = content_hash(source);
         if let Some(ast) = self.cache.lock().expect("script cache").get(&key) {
             return Ok(ast.clone());
         }
@@ -190,6 +188,22 @@ impl ScriptEngine {
             other => ScriptError::Runtime(other.to_string()),
         }
     }
+}
+
+/// The key a script's text is known by (the compile cache's, and versions').
+pub fn content_hash(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// What tells that a watched file (a script, a rules file) may have changed: its modification
+/// time and length. `None` when it cannot be read now (mid-save, removed).
+pub type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+pub fn file_stamp(path: &std::path::Path) -> FileStamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 /// `sleep` past the deadline raises this: the script's time is up.

@@ -26,14 +26,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse};
 use mofa_kernel::node::{Ctx, Deadline, Failure, Handler};
 use mofa_kernel::rules::{RuleError, RuleSet};
-use mofa_kernel::script::{Limits, ScriptEngine};
+use mofa_kernel::script::{FileStamp, Limits, ScriptEngine, file_stamp};
 use mofa_kernel::tool::ToolSpec;
 use mofa_kernel::{Envelope, Kind, Role};
 use serde_json::{Value, json};
@@ -126,14 +126,6 @@ struct LlmRouting {
     state: Arc<Mutex<State>>,
 }
 
-/// What identifies a version of the rules file: a change to either is a new version.
-type Stamp = Option<(SystemTime, u64)>;
-
-fn stamp(path: &std::path::Path) -> Stamp {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
 /// The rules file, loaded and checked against the routes.
 fn load_rules(engine: &ScriptEngine, cfg: &RulesConfig) -> Result<RuleSet, String> {
     let set = RuleSet::load_file(engine, &cfg.path).map_err(|e| e.to_string())?;
@@ -158,7 +150,7 @@ struct RuleRouting {
     engine: ScriptEngine,
     /// The rules in force; a task is evaluated against those current when it arrived.
     current: RwLock<Arc<RuleSet>>,
-    seen: Mutex<Stamp>,
+    seen: Mutex<FileStamp>,
     poller: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -166,7 +158,7 @@ impl RuleRouting {
     /// Reloads the file if it changed since last seen. A version that does not load is
     /// reported once, and the rules in force stay.
     fn check(&self, ctx: &Ctx) {
-        let now = stamp(&self.cfg.path);
+        let now = file_stamp(&self.cfg.path);
         {
             let mut seen = self.seen.lock().expect("rules stamp");
             if *seen == now {
@@ -240,7 +232,7 @@ impl Router {
     /// Routing by rules; the rules file must load.
     pub fn with_rules(cfg: RulesConfig) -> Result<Self, ConfigError> {
         let engine = ScriptEngine::new(cfg.limits);
-        let seen = stamp(&cfg.path);
+        let seen = file_stamp(&cfg.path);
         let set = load_rules(&engine, &cfg).map_err(|e| {
             ConfigError::invalid("MOFA_ROUTER_RULES", cfg.path.display().to_string(), e)
         })?;

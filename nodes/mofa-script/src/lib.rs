@@ -22,13 +22,13 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::node::{Ctx, Failure, Handler};
 use mofa_kernel::rules::RuleSet;
-use mofa_kernel::script::{Limits, ScriptEngine, ScriptError};
+use mofa_kernel::script::{FileStamp, Limits, ScriptEngine, ScriptError, content_hash, file_stamp};
 use mofa_kernel::{Envelope, Kind, Priority, Role};
 use serde_json::{Value, json};
 
@@ -90,8 +90,10 @@ struct Loaded {
     program: Program,
     version: String,
     loads: u32,
-    /// The file's modification time and text when loaded: a change to either reloads.
-    stamp: (Option<SystemTime>, String),
+    /// The file's stamp when last looked at: only a new stamp makes it read again.
+    stamp: FileStamp,
+    /// The hash of the text loaded: a new stamp with the same text is no new version.
+    text_hash: u64,
 }
 
 pub struct ScriptNode {
@@ -100,17 +102,8 @@ pub struct ScriptNode {
     loaded: Arc<Mutex<Loaded>>,
 }
 
-fn version_of(loads: u32, text: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    format!("{loads}-{:08x}", h.finish() as u32)
-}
-
-fn read(path: &PathBuf) -> std::io::Result<(Option<SystemTime>, String)> {
-    let text = std::fs::read_to_string(path)?;
-    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    Ok((mtime, text))
+fn version_of(loads: u32, text_hash: u64) -> String {
+    format!("{loads}-{:08x}", text_hash as u32)
 }
 
 impl ScriptNode {
@@ -118,14 +111,18 @@ impl ScriptNode {
     pub fn new(cfg: ScriptConfig) -> Result<Self, ConfigError> {
         let engine = Arc::new(ScriptEngine::new(cfg.limits));
         let path = cfg.path.display().to_string();
-        let stamp = read(&cfg.path).map_err(|e| ConfigError::invalid("MOFA_SCRIPT", &path, e))?;
-        let program = compile(&engine, cfg.mode, &stamp.1)
+        let stamp = file_stamp(&cfg.path);
+        let text = std::fs::read_to_string(&cfg.path)
             .map_err(|e| ConfigError::invalid("MOFA_SCRIPT", &path, e))?;
+        let program = compile(&engine, cfg.mode, &text)
+            .map_err(|e| ConfigError::invalid("MOFA_SCRIPT", &path, e))?;
+        let text_hash = content_hash(&text);
         let loaded = Loaded {
             program,
-            version: version_of(1, &stamp.1),
+            version: version_of(1, text_hash),
             loads: 1,
             stamp,
+            text_hash,
         };
         Ok(ScriptNode {
             cfg,
@@ -146,23 +143,26 @@ impl ScriptNode {
     /// Reloads the script if its file changed. A version that does not compile is not used:
     /// the running one is kept and the message saying so is returned.
     pub fn reload(&self) -> Option<String> {
-        let Ok(now) = read(&self.cfg.path) else {
-            return None; // mid-save, or removed: keep what runs
-        };
+        // A stat per look (every message, every poll); the text is read only when it moved.
+        let stamp = file_stamp(&self.cfg.path);
         let mut l = self.loaded.lock().expect("script");
-        if now == l.stamp {
+        if stamp.is_none() || stamp == l.stamp {
+            return None; // unchanged, or unreadable now (mid-save, removed): keep what runs
+        }
+        let Ok(text) = std::fs::read_to_string(&self.cfg.path) else {
+            return None;
+        };
+        l.stamp = stamp;
+        let text_hash = content_hash(&text);
+        if text_hash == l.text_hash {
             return None;
         }
-        let text_changed = now.1 != l.stamp.1;
-        l.stamp = now.clone();
-        if !text_changed {
-            return None;
-        }
-        match compile(&self.engine, self.cfg.mode, &now.1) {
+        l.text_hash = text_hash;
+        match compile(&self.engine, self.cfg.mode, &text) {
             Ok(program) => {
                 l.loads += 1;
                 l.program = program;
-                l.version = version_of(l.loads, &now.1);
+                l.version = version_of(l.loads, text_hash);
                 tracing::info!(
                     "script {} reloaded: version {}",
                     self.cfg.path.display(),
