@@ -198,12 +198,26 @@ pub fn content_hash(text: &str) -> u64 {
 }
 
 /// What tells that a watched file (a script, a rules file) may have changed: its modification
-/// time and length. `None` when it cannot be read now (mid-save, removed).
+/// time and length. `None` when it cannot be read now (mid-save, removed) or is still being
+/// written.
 pub type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+/// How long a watched file must be left alone before it is read: a plain save truncates and
+/// then writes, and a look in between would load an empty or half-written script.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub fn file_stamp(path: &std::path::Path) -> FileStamp {
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    let modified = meta.modified().ok()?;
+    if !settled(modified) {
+        return None;
+    }
+    Some((modified, meta.len()))
+}
+
+/// Whether a file modified at `modified` has been left alone for [`SETTLE`].
+pub fn settled(modified: std::time::SystemTime) -> bool {
+    modified.elapsed().is_ok_and(|age| age >= SETTLE)
 }
 
 /// `sleep` past the deadline raises this: the script's time is up.

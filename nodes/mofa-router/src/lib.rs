@@ -161,7 +161,8 @@ impl RuleRouting {
         let now = file_stamp(&self.cfg.path);
         {
             let mut seen = self.seen.lock().expect("rules stamp");
-            if *seen == now {
+            // Unreadable now (mid-save, removed): the rules in force stay until it is back.
+            if now.is_none() || *seen == now {
                 return;
             }
             *seen = now;

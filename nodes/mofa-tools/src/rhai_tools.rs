@@ -24,13 +24,13 @@
 //! is given and the registry checks calls against; it refuses what it cannot turn into a valid
 //! schema, naming the file. Scripts run on the kernel's one Rhai set-up, under its limits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use mofa_kernel::script::{AST, ScriptEngine};
+use mofa_kernel::script::{self, AST, ScriptEngine};
 use mofa_kernel::tool::{Tool, ToolError, ToolSpec};
 use serde_json::{Map, Value, json};
 
@@ -313,10 +313,17 @@ impl ToolsDir {
     pub fn scan(&self) -> Scan {
         let mut scan = Scan::default();
         let mut now: HashMap<PathBuf, String> = HashMap::new();
+        // Files being written are left for a later look, neither loaded nor counted as gone.
+        let mut settling: HashSet<PathBuf> = HashSet::new();
         match std::fs::read_dir(&self.dir) {
             Ok(entries) => {
                 for path in entries.flatten().map(|e| e.path()) {
                     if path.extension().is_some_and(|x| x == "rhai") && path.is_file() {
+                        let modified = std::fs::metadata(&path).and_then(|m| m.modified());
+                        if modified.is_ok_and(|m| !script::settled(m)) {
+                            settling.insert(path);
+                            continue;
+                        }
                         match std::fs::read_to_string(&path) {
                             Ok(s) => {
                                 now.insert(path, s);
@@ -342,7 +349,7 @@ impl ToolsDir {
 
         let gone: Vec<PathBuf> = seen
             .keys()
-            .filter(|p| !now.contains_key(*p))
+            .filter(|p| !now.contains_key(*p) && !settling.contains(*p))
             .cloned()
             .collect();
         for path in gone {
