@@ -5,9 +5,11 @@
 //! - [`llm`], [`tool`], [`plugin`]: the provider, tool and plugin traits.
 //! - [`config`]: reading a node's configuration from its environment.
 //! - [`queue`]: the priority queue where work waits for a free slot.
+//! - [`calls`]: awaiting the answer to a request by `reply_to`.
 //! - `script` (feature `script`): the one Rhai set-up for nodes that run scripts.
 //! - `rules` (feature `script`): the rule engine (YAML rules with Rhai conditions) on it.
 
+pub mod calls;
 pub mod config;
 pub mod envelope;
 pub mod llm;
