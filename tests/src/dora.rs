@@ -95,6 +95,39 @@ pub fn run(dataflow: &str, env: &[(&str, String)], limit: Duration) -> Finished 
 
 /// [`run`] for a dataflow file anywhere.
 pub fn run_file(yml: &Path, env: &[(&str, String)], limit: Duration) -> Finished {
+    spawn_run(yml, env, limit).finish()
+}
+
+/// A `dora run` going on in the background (see [`spawn_run`]).
+pub struct Running {
+    guard: Guard,
+    log_path: PathBuf,
+    limit: Duration,
+    pub dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// What dora has printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits for the run to end (killing it past its limit and a margin).
+    pub fn finish(mut self) -> Finished {
+        let status = self.guard.wait(self.limit + Duration::from_secs(30));
+        drop(self.guard);
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        Finished {
+            status,
+            log,
+            dir: self.dir,
+        }
+    }
+}
+
+/// [`run_file`] without waiting: the test acts on the running graph (kills a node, stops a
+/// server), then calls [`Running::finish`]. Dropped, it kills the run.
+pub fn spawn_run(yml: &Path, env: &[(&str, String)], limit: Duration) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let log_path = dir.path().join("dora.log");
     let log = std::fs::File::create(&log_path).expect("log file");
@@ -111,13 +144,39 @@ pub fn run_file(yml: &Path, env: &[(&str, String)], limit: Duration) -> Finished
         cmd.env(k, v);
     }
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut guard = Guard {
-        child: cmd.spawn().expect("spawn dora"),
-    };
-    let status = guard.wait(limit + Duration::from_secs(30));
-    drop(guard);
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    Finished { status, log, dir }
+    Running {
+        guard: Guard {
+            child: cmd.spawn().expect("spawn dora"),
+        },
+        log_path,
+        limit,
+        dir,
+    }
+}
+
+/// The pids of the running processes of `binary` (file name) whose environment holds
+/// `var=value`: a node of one test's graph, when several tests run graphs at once.
+pub fn node_pids(binary: &str, var: &str, value: &str) -> Vec<u32> {
+    let wanted = format!("{var}={value}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let exe = std::fs::read_link(entry.path().join("exe")).unwrap_or_default();
+        if exe.file_name().and_then(|n| n.to_str()) != Some(binary) {
+            continue;
+        }
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// [`run`] with the sink writing to a scratch file (`MOFA_OUT`); asserts that dora ended
