@@ -826,14 +826,17 @@ impl Run {
         choices: &[&str],
         default: &str,
     ) -> Result<Decision, Failure> {
+        let mut payload = json!({
+            "default": default,
+            "timeout_ms": self.cfg.human_timeout.as_millis() as u64,
+        });
+        if !choices.is_empty() {
+            payload["choices"] = json!(choices);
+        }
         let ask = self
             .idea
             .reply(Kind::Task, self.me(), Role::Assistant, question)
-            .with_payload(&json!({
-                "choices": choices,
-                "default": default,
-                "timeout_ms": self.cfg.human_timeout.as_millis() as u64,
-            }));
+            .with_payload(&payload);
         // The person's own timeout ends the wait; the margin is for a lost answer.
         let answer = self
             .calls
