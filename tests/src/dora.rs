@@ -26,6 +26,23 @@ pub fn dora_bin() -> PathBuf {
     venv
 }
 
+/// PATH with the project's virtualenv first: dora 1.1 starts operator runtimes as
+/// `python -uc "import dora; ..."` and Python nodes with `python`, so the interpreter that has
+/// the pinned `dora-rs` and `pyarrow` (bin/setup) must be the one found.
+pub fn path_with_venv() -> String {
+    let venv_bin = dora_bin()
+        .parent()
+        .expect("dora in a bin folder")
+        .to_owned();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![venv_bin];
+    dirs.extend(std::env::split_paths(&path));
+    std::env::join_paths(dirs)
+        .expect("PATH")
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A child process (and its process group) killed when dropped, even if the test panics.
 pub struct Guard {
     pub child: Child,

@@ -5,19 +5,6 @@ use std::time::Duration;
 
 use mofa_tests::dora;
 
-/// dora 1.1 starts a runtime node as `python -uc "import dora; dora.start_runtime()"`: the
-/// virtualenv holding the dora CLI (and the `dora-rs` Python package) goes first on PATH.
-fn path_with_dora() -> String {
-    let venv_bin = dora::dora_bin().parent().unwrap().to_owned();
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs = vec![venv_bin];
-    dirs.extend(std::env::split_paths(&path));
-    std::env::join_paths(dirs)
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
-}
-
 fn tasks_file(dir: &std::path::Path, tasks: &[&str]) -> String {
     let path = dir.join("tasks.jsonl");
     let lines: String = tasks
@@ -35,7 +22,7 @@ fn the_operator_transforms_every_task_as_the_node_does() {
     let (lines, run) = dora::run_to_sink(
         "script-operator.yml",
         &[
-            ("PATH", path_with_dora()),
+            ("PATH", dora::path_with_venv()),
             ("MOFA_TASKS_FILE", tasks_file(dir.path(), &tasks)),
             ("MOFA_TASK_INTERVAL_MS", "50".into()),
         ],
@@ -97,7 +84,7 @@ fn a_script_error_is_an_error_envelope_and_the_operator_goes_on() {
     let run = dora::run_file(
         &yml_path,
         &[
-            ("PATH", path_with_dora()),
+            ("PATH", dora::path_with_venv()),
             (
                 "MOFA_TASKS_FILE",
                 tasks_file(dir.path(), &["first", "boom", "last"]),
