@@ -4,8 +4,9 @@
 //! (a `result` envelope: `reply_to` = the request's id, same session, `payload` = the JSON
 //! result, `content` = the op's name). A request is an envelope whose `payload` is a JSON object
 //! `{"op": "...", ...args}` (a request without a payload may carry the object as its
-//! `content`). Requests are handled one at a time, in arrival order across all inputs, so a
-//! client sees its own writes.
+//! `content`). Requests are handled one at a time, in arrival order across all inputs (taps
+//! included), so a client sees its own writes; the work runs beside the event loop, so a stop
+//! is seen at once and waits for the request in hand at most `MOFA_STOP_TIMEOUT_MS`.
 //!
 //! A failure (unknown op, bad arguments, a missing session/todo/document, a database error
 //! after the retries) is an `error` envelope answering the request, sent on the request's
@@ -60,12 +61,14 @@
 pub mod db;
 pub mod ops;
 
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::node::{Ctx, Failure, Handler};
 use mofa_kernel::{Envelope, Kind, Role};
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, oneshot};
 
 pub use db::{Backend, Db, DbOptions, StoreError, redact_url};
 pub use ops::Op;
@@ -128,7 +131,11 @@ type Rejected = (Option<&'static str>, StoreError);
 /// The store node's handler.
 pub struct StoreNode {
     config: StoreConfig,
-    db: OnceCell<Db>,
+    db: OnceCell<Arc<Db>>,
+    /// Completion of the latest request's work: the next one waits for it, so requests (and
+    /// tap records) are handled one at a time in arrival order while the event loop stays free
+    /// to see a stop.
+    last: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl StoreNode {
@@ -137,6 +144,7 @@ impl StoreNode {
         StoreNode {
             config,
             db: OnceCell::new(),
+            last: Mutex::new(None),
         }
     }
 
@@ -149,33 +157,28 @@ impl StoreNode {
             .map_err(|e| ConfigError::invalid("MOFA_DATABASE_URL", redact_url(&config.url), e))?;
         Ok(StoreNode::new(config))
     }
+}
 
-    /// Runs one request: the op's name and its result, or the failure (with the op's name if
-    /// the request parsed).
-    async fn handle(
-        &self,
-        db: &Db,
-        input: &str,
-        msg: &Envelope,
-    ) -> Result<(&'static str, Value), Rejected> {
-        let mut request = request_of(msg).map_err(|e| (None, e))?;
-        let op = request
-            .get("op")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        // session.open defaults to the request's own session.
-        if op == "session.open"
-            && let Some(map) = request.as_object_mut()
-            && map.get("session").is_none_or(Value::is_null)
-        {
-            map.insert("session".into(), msg.session.clone().into());
-        }
-        let op = Op::parse(&request).map_err(|e| (None, e))?;
-        tracing::debug!(input, op = op.name(), "request");
-        match db.exec(&op).await {
-            Ok(result) => Ok((op.name(), result)),
-            Err(e) => Err((Some(op.name()), e)),
-        }
+/// Runs one request: the op's name and its result, or the failure (with the op's name if the
+/// request parsed).
+async fn handle(db: &Db, input: &str, msg: &Envelope) -> Result<(&'static str, Value), Rejected> {
+    let mut request = request_of(msg).map_err(|e| (None, e))?;
+    let op = request
+        .get("op")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    // session.open defaults to the request's own session.
+    if op == "session.open"
+        && let Some(map) = request.as_object_mut()
+        && map.get("session").is_none_or(Value::is_null)
+    {
+        map.insert("session".into(), msg.session.clone().into());
+    }
+    let op = Op::parse(&request).map_err(|e| (None, e))?;
+    tracing::debug!(input, op = op.name(), "request");
+    match db.exec(&op).await {
+        Ok(result) => Ok((op.name(), result)),
+        Err(e) => Err((Some(op.name()), e)),
     }
 }
 
@@ -214,7 +217,7 @@ impl Handler for StoreNode {
     async fn on_start(&self, ctx: &Ctx) -> Result<(), Failure> {
         match Db::open_with(&self.config.url, self.config.options.clone()).await {
             Ok(db) => {
-                let _ = self.db.set(db);
+                let _ = self.db.set(Arc::new(db));
                 Ok(())
             }
             Err(e) => {
@@ -228,41 +231,56 @@ impl Handler for StoreNode {
     }
 
     async fn on_message(&self, ctx: &Ctx, input: &str, msg: Envelope) -> Result<(), Failure> {
-        let Some(db) = self.db.get() else {
+        let Some(db) = self.db.get().cloned() else {
             let f = Failure::new("the store's database is not open")
                 .with_details(json!({"error": "database"}));
             ctx.reply_error(input, &msg, f);
             return Ok(());
         };
-        if input.starts_with("tap") {
-            if let Err(e) = db.record(input, &msg).await {
-                ctx.fail(
-                    &msg,
-                    Failure::new(format!("tap `{input}`: {e}"))
-                        .with_details(json!({"error": e.kind(), "tap": input})),
-                );
+        let (done, next) = oneshot::channel::<()>();
+        let previous = self.last.lock().expect("store order lock").replace(next);
+        let (ctx2, input) = (ctx.clone(), input.to_owned());
+        ctx.spawn(msg.clone(), async move {
+            if let Some(previous) = previous {
+                // An error only means the previous work ended without signalling (cancelled).
+                let _ = previous.await;
             }
-            return Ok(());
-        }
-        match self.handle(db, input, &msg).await {
-            Ok((op, result)) => {
-                let reply = msg
-                    .reply(Kind::Result, ctx.node_id(), Role::Tool, op)
-                    .with_payload(&result);
-                ctx.send_one(input, reply);
-            }
-            Err((op, e)) => {
-                let f =
-                    Failure::new(e.to_string()).with_details(json!({"op": op, "error": e.kind()}));
-                ctx.reply_error(input, &msg, f);
-            }
-        }
+            serve(&ctx2, &db, &input, msg).await;
+            drop(done);
+            Ok(())
+        });
         Ok(())
     }
 
     async fn on_stop(&self, _ctx: &Ctx) {
         if let Some(db) = self.db.get() {
             db.close().await;
+        }
+    }
+}
+
+/// Records a tap's envelope, or answers a request on its input.
+async fn serve(ctx: &Ctx, db: &Db, input: &str, msg: Envelope) {
+    if input.starts_with("tap") {
+        if let Err(e) = db.record(input, &msg).await {
+            ctx.fail(
+                &msg,
+                Failure::new(format!("tap `{input}`: {e}"))
+                    .with_details(json!({"error": e.kind(), "tap": input})),
+            );
+        }
+        return;
+    }
+    match handle(db, input, &msg).await {
+        Ok((op, result)) => {
+            let reply = msg
+                .reply(Kind::Result, ctx.node_id(), Role::Tool, op)
+                .with_payload(&result);
+            ctx.send_one(input, reply);
+        }
+        Err((op, e)) => {
+            let f = Failure::new(e.to_string()).with_details(json!({"op": op, "error": e.kind()}));
+            ctx.reply_error(input, &msg, f);
         }
     }
 }
