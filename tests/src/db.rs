@@ -53,12 +53,17 @@ pub struct DbServer {
 impl DbServer {
     /// A PostgreSQL server (the newest installed under /usr/lib/postgresql).
     pub fn postgres() -> DbServer {
+        DbServer::postgres_at(free_port())
+    }
+
+    fn postgres_at(port: u16) -> DbServer {
         let bin = postgres_bin().unwrap_or_else(|| {
             panic!(
                 "PostgreSQL is not installed (/usr/lib/postgresql/*/bin/postgres): run bin/setup"
             )
         });
         let mut server = DbServer::new(Engine::Postgres, bin);
+        server.port = port;
         let data = server.data_dir();
         server.run_setup(
             Command::new(server.bin.join("initdb"))
@@ -70,7 +75,7 @@ impl DbServer {
             "initdb",
             true,
         );
-        server.start();
+        server.start_first();
         let sql = [
             format!("CREATE ROLE {USER} LOGIN PASSWORD '{}'", server.password),
             format!("CREATE DATABASE {DATABASE} OWNER {USER}"),
@@ -112,7 +117,7 @@ impl DbServer {
             "mariadb-install-db",
             true,
         );
-        server.start();
+        server.start_first();
         let sql = format!(
             "CREATE DATABASE {DATABASE}; \
              CREATE USER '{USER}'@'%' IDENTIFIED BY '{pw}'; \
@@ -181,10 +186,26 @@ impl DbServer {
         self.child.is_some()
     }
 
+    /// The server's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The temp folder with the server's data, socket and log (`server.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Starts the server (again: same port, same data) and waits until it accepts connections.
     pub fn start(&mut self) {
+        if let Err(e) = self.try_start() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
         if self.child.is_some() {
-            return;
+            return Ok(());
         }
         let log_path = self.dir.path().join("server.log");
         let log = File::options()
@@ -192,6 +213,7 @@ impl DbServer {
             .append(true)
             .open(&log_path)
             .expect("server log");
+        let from = log.metadata().map(|m| m.len()).unwrap_or(0);
         let mut cmd = match self.engine {
             Engine::Postgres => {
                 let mut c = Command::new(self.bin.join("postgres"));
@@ -236,7 +258,7 @@ impl DbServer {
             )
         });
         self.child = Some(child);
-        self.wait_ready(&log_path);
+        self.wait_ready(&log_path, from)
     }
 
     /// Stops the server as an operator would (PostgreSQL: fast shutdown, MariaDB: normal
@@ -303,32 +325,49 @@ impl DbServer {
         }
     }
 
-    fn wait_ready(&mut self, log: &Path) {
+    /// Waits until the server accepts connections; if it exits first, its log since `from`.
+    fn wait_ready(&mut self, log: &Path, from: u64) -> Result<(), String> {
         let deadline = Instant::now() + READY_WITHIN;
+        let log_since = || {
+            let text = std::fs::read(log).unwrap_or_default();
+            String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned()
+        };
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                panic!(
+                return Err(format!(
                     "{:?} exited at start ({status}):\n{}",
                     self.engine,
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
+                    log_since()
+                ));
             }
             if self.accepts() {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 panic!(
                     "{:?} did not accept connections within {} s:\n{}",
                     self.engine,
                     READY_WITHIN.as_secs(),
-                    std::fs::read_to_string(log).unwrap_or_default()
+                    log_since()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The first start: if another process took the port since it was picked, another port.
+    fn start_first(&mut self) {
+        for _ in 0..5 {
+            match self.try_start() {
+                Ok(()) => return,
+                Err(e) if e.contains("Address already in use") => self.port = free_port(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{:?}: no free port after 5 tries", self.engine);
     }
 
     /// Whether the server answers on TCP and on its admin path.
@@ -418,4 +457,27 @@ fn postgres_bin() -> Option<PathBuf> {
         .collect();
     versions.sort();
     versions.pop().map(|(_, bin)| bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_replaced_and_drop_kills_the_server_and_removes_its_folder() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let mut server = DbServer::postgres_at(port);
+        assert_ne!(server.port(), port);
+        assert!(server.url().ends_with(&format!(":{}/mofa", server.port())));
+        let (pid, dir) = (server.pid().unwrap(), server.dir().to_owned());
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        server.stop();
+        assert!(!server.is_running() && !Path::new(&format!("/proc/{pid}")).exists());
+        server.start();
+        let pid = server.pid().unwrap();
+        drop(server);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "killed");
+        assert!(!dir.exists(), "folder removed");
+    }
 }
