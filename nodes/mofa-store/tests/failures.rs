@@ -183,3 +183,30 @@ fn bad_configuration_names_the_variable() {
         assert!(!stderr.contains(":pw@"), "{stderr}");
     }
 }
+
+/// The same through `Db` on MariaDB: an op while the server is down fails after the retries
+/// (no password in the error); once it is back the pool reconnects and the data is there.
+#[tokio::test]
+async fn a_lost_mariadb_is_an_error_then_db_recovers() {
+    let mut server = DbServer::mariadb();
+    let db = Db::open_with(&server.url(), quick()).await.unwrap();
+    let put = json!({"op": "memory.put", "agent": "a", "key": "k", "value": {"kept": true}});
+    db.run(&put).await.unwrap();
+
+    server.stop();
+    let e = db
+        .run(&json!({"op": "memory.get", "agent": "a", "key": "k"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "database", "{e}");
+    assert!(e.to_string().contains("after 3 attempts"), "{e}");
+    assert!(e.to_string().contains("mysql://mofa:***@127.0.0.1"), "{e}");
+    assert!(!e.to_string().contains(server.password()), "{e}");
+
+    server.start();
+    let got = db
+        .run(&json!({"op": "memory.get", "agent": "a", "key": "k"}))
+        .await
+        .unwrap();
+    assert_eq!(got, json!({"value": {"kept": true}}));
+}
