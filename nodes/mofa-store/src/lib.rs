@@ -17,6 +17,9 @@
 //! every envelope arriving there is recorded as a message of its own session (its id, kind,
 //! sender, role, content, payload, reply_to and ts_ms, and the tap's name), so a graph can
 //! keep an audit log of any edge. `message.seen` tells whether an envelope id went past a tap.
+//! dora keeps the order of messages on one input, not across inputs: an envelope and its tap
+//! copy (two edges) may reach the store in either order, so ask `message.seen` about what was
+//! sent before, not about what is being sent at the same moment.
 //!
 //! # Ops
 //!
