@@ -684,9 +684,16 @@ impl Run {
                     .unwrap_or(false);
             let early = if already_sent {
                 // It went out before a restart: its answer may have come while we were down.
-                self.store(json!({"op": "message.find", "session": self.session_id(), "reply_to": task_id}))
-                    .await?["message"]
-                    .clone()
+                let log = self
+                    .store(json!({"op": "message.list", "session": self.session_id()}))
+                    .await?;
+                log["messages"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["reply_to"] == task_id.as_str() && !m["tap"].is_null())
+                    .cloned()
+                    .unwrap_or(Value::Null)
             } else {
                 let mut task = self.idea.reply(
                     Kind::Task,
