@@ -235,7 +235,7 @@ input[type=text] { width: 70%; padding: 0.3rem; }
 <script>
 "use strict";
 const list = document.getElementById("questions");
-const status = document.getElementById("status");
+const statusLine = document.getElementById("status");
 const shown = new Map();
 let first = true;
 
@@ -315,7 +315,7 @@ function render(qs) {
       list.appendChild(s.box);
     }
   }
-  status.textContent = qs.length ? "" : "No questions waiting.";
+  statusLine.textContent = qs.length ? "" : "No questions waiting.";
   tick();
 }
 
@@ -324,7 +324,7 @@ async function refresh() {
     const r = await fetch("/api/questions");
     render(await r.json());
   } catch (e) {
-    status.textContent = "The node is not reachable (it may have stopped).";
+    statusLine.textContent = "The node is not reachable (it may have stopped).";
   }
 }
 

@@ -12,9 +12,10 @@
 //! "question_id"}`. Each question is answered exactly once. When no answer comes within the
 //! question's timeout its default is taken (`"source": "default"`); with no default, the
 //! question gets an `error` envelope ("no answer in time and no default"). A question the node
-//! cannot ask (payload not the JSON above, an empty question, an id already asked) and the
-//! questions still open at stop ("stopped before an answer") are answered by an `error`
-//! envelope too; every error envelope goes on `answer` (to the asker) and on `error`.
+//! cannot ask (payload not the JSON above, an empty question) and the questions still open at
+//! stop ("stopped before an answer") are answered by an `error` envelope too; these go on
+//! `answer` (to the asker) and on `error`. A question whose id was asked before is refused on
+//! `error` only: `answer` carries one reply per question.
 //!
 //! Front ends (`MOFA_HUMAN_MODE`):
 //! - `http`: a server on 127.0.0.1 only ([`http`]): a page for a person at `/`, and a JSON
@@ -520,8 +521,16 @@ impl HumanNode {
         self.http_addr
     }
 
+    /// Opens the question. A question that cannot be asked is answered by an error; one whose
+    /// id was asked already is refused on `error` only, so `answer` has one reply per question.
     fn ask(&self, ctx: &Ctx, msg: Envelope) -> Result<(), Failure> {
-        let ask = parse_ask(&msg, &self.core.defaults)?;
+        let ask = match parse_ask(&msg, &self.core.defaults) {
+            Ok(ask) => ask,
+            Err(f) => {
+                ctx.reply_error("answer", &msg, f);
+                return Ok(());
+            }
+        };
         let id = msg.id.clone();
         let mut st = self.core.lock();
         if st.pending.contains_key(&id) || st.done.contains(&id) {
@@ -601,10 +610,7 @@ impl Handler for HumanNode {
         if msg.kind == Kind::Error {
             return Err(Failure::new("an `error` envelope is not a question"));
         }
-        if let Err(f) = self.ask(ctx, msg.clone()) {
-            ctx.reply_error("answer", &msg, f);
-        }
-        Ok(())
+        self.ask(ctx, msg)
     }
 
     async fn on_input_closed(&self, ctx: &Ctx, input: &str) {
