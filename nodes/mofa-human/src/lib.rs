@@ -32,7 +32,9 @@
 //! MOFA_HUMAN_DEFAULT (the answer taken at the timeout unless the question sets `default`;
 //! not used for a question whose choices do not include it; none by default).
 //!
-//! The node ends once `ask` is closed and every question is answered.
+//! The node ends once `ask` is closed and every question is answered: when the asker ends
+//! first, the open questions still wait for their answers or timeouts. On a stop before that,
+//! the open questions are answered with an error at once.
 
 pub mod http;
 pub mod terminal;
@@ -348,6 +350,8 @@ pub(crate) struct Core {
     ctx: OnceLock<Ctx>,
     /// Question ids for the terminal front end, in order.
     prompts: Mutex<Option<mpsc::Sender<String>>>,
+    /// Signalled each time a question is answered.
+    resolved: tokio::sync::Notify,
 }
 
 impl Core {
@@ -422,6 +426,7 @@ impl Core {
     }
 
     fn maybe_exit(&self, ctx: &Ctx, st: &State) {
+        self.resolved.notify_waiters();
         if st.ask_closed && st.pending.is_empty() && !st.stopped {
             ctx.exit();
         }
@@ -460,6 +465,7 @@ impl HumanNode {
                 state: Mutex::default(),
                 ctx: OnceLock::new(),
                 prompts: Mutex::new(None),
+                resolved: tokio::sync::Notify::new(),
             }),
             front: Mutex::new(Some(front)),
             http_addr,
@@ -613,11 +619,34 @@ impl Handler for HumanNode {
         self.ask(ctx, msg)
     }
 
+    /// When `ask` closes, the node's inputs are all closed and dora ends its event stream next
+    /// (`Stop(AllInputsClosed)`): the open questions are waited for here, each until its answer
+    /// or its timeout, so a person can still answer after the asker has gone.
     async fn on_input_closed(&self, ctx: &Ctx, input: &str) {
-        if input == "ask" {
-            let mut st = self.core.lock();
-            st.ask_closed = true;
-            self.core.maybe_exit(ctx, &st);
+        if input != "ask" {
+            return;
+        }
+        self.core.lock().ask_closed = true;
+        let mut told = false;
+        loop {
+            let resolved = self.core.resolved.notified();
+            tokio::pin!(resolved);
+            resolved.as_mut().enable();
+            {
+                let st = self.core.lock();
+                if st.pending.is_empty() {
+                    self.core.maybe_exit(ctx, &st);
+                    return;
+                }
+                if !told {
+                    tracing::info!(
+                        "`ask` is closed: waiting for {} open question(s) to be answered or to time out",
+                        st.pending.len()
+                    );
+                    told = true;
+                }
+            }
+            resolved.await;
         }
     }
 

@@ -563,3 +563,43 @@ fn at_stop_open_questions_are_answered_with_an_error() {
     assert_eq!(answers[0].reply_to.as_deref(), Some(q.id.as_str()));
     assert_eq!(on(&sent, "error").len(), 1);
 }
+
+#[test]
+fn when_the_asker_has_gone_the_open_questions_still_wait_for_their_answers() {
+    let (node, addr) = http_node(defaults(60_000, None));
+    let q1 = question("Deploy?", "s1", approve_or_reject(None, 20_000));
+    let q2 = question(
+        "Colour?",
+        "s2",
+        json!({"default": "blue", "timeout_ms": 600}),
+    );
+    let id1 = q1.id.clone();
+    let person = thread::spawn(move || {
+        wait_for(addr, 2);
+        // Well after `ask` has closed and the test input has ended.
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(post_answer(addr, &id1, "approve").status, 200);
+    });
+    // No keepalive: `ask` closes, then the input ends, as when the source node exits.
+    let sent = harness::run(
+        node,
+        vec![
+            envelopes(0.0, "ask", &[q1.clone(), q2.clone()]),
+            closed(0.05, "ask"),
+        ],
+    );
+    person.join().unwrap();
+    let answers = on(&sent, "answer");
+    assert_eq!(answers.len(), 2, "{answers:#?}");
+    let by = |q: &Envelope| {
+        answers
+            .iter()
+            .find(|a| a.reply_to.as_deref() == Some(q.id.as_str()))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by(&q1).content, "approve");
+    assert_eq!(payload(&by(&q1))["source"], "person");
+    assert_eq!(by(&q2).content, "blue");
+    assert_eq!(payload(&by(&q2))["source"], "default");
+}
