@@ -400,7 +400,7 @@ impl Core {
         let p = st.take(id).expect("checked above");
         tracing::info!(question = %id, "answered by the person: {answer}");
         ctx.send_one("answer", answer_envelope(ctx, &p.msg, &answer, "person"));
-        self.maybe_exit(ctx, &st);
+        self.settled(ctx, &st);
         Outcome::Answered(answer)
     }
 
@@ -422,10 +422,12 @@ impl Core {
                 ctx.reply_error("answer", &p.msg, f);
             }
         }
-        self.maybe_exit(ctx, &st);
+        self.settled(ctx, &st);
     }
 
-    fn maybe_exit(&self, ctx: &Ctx, st: &State) {
+    /// After a question is settled (or `ask` closed): wakes whoever waits for the open
+    /// questions, and ends the node once `ask` is closed and none is left.
+    fn settled(&self, ctx: &Ctx, st: &State) {
         self.resolved.notify_waiters();
         if st.ask_closed && st.pending.is_empty() && !st.stopped {
             ctx.exit();
@@ -635,7 +637,7 @@ impl Handler for HumanNode {
             {
                 let st = self.core.lock();
                 if st.pending.is_empty() {
-                    self.core.maybe_exit(ctx, &st);
+                    self.core.settled(ctx, &st);
                     return;
                 }
                 if !told {
