@@ -215,7 +215,7 @@ fn a_wrong_choice_is_422_and_stays_pending_then_a_right_one_in_another_case_is_c
     let (node, addr) = http_node(defaults(60_000, None));
     let q = question("Ship it?", "s", approve_or_reject(Some("reject"), 20_000));
     let qid = q.id.clone();
-    let (sent, _) = run_with_person(node, vec![envelope(0.0, "ask", &q)], 0.1, move || {
+    let (sent, _) = run_with_person(node, vec![envelope(0.0, "ask", &q)], 2.0, move || {
         wait_for(addr, 1);
         let r = post_answer(addr, &qid, "maybe");
         assert_eq!(r.status, 422, "{r:?}");
@@ -235,6 +235,7 @@ fn a_wrong_choice_is_422_and_stays_pending_then_a_right_one_in_another_case_is_c
         let r = post_answer(addr, &qid, "  APPROVE ");
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.json()["answer"], "approve");
+        // `ask` is still open (it closes at 2 s), so the node still serves.
         let again = post_answer(addr, &qid, "reject");
         assert_eq!(again.status, 409, "{again:?}");
         assert!(pending(addr).is_empty());
