@@ -220,6 +220,20 @@ fn phases(lines: &[Value]) -> Vec<u64> {
         .collect()
 }
 
+/// Requests whose last message starts with `prefix`: what the model was asked to do.
+fn requests_asking(mock: &MockLlm, prefix: &str) -> usize {
+    mock.requests()
+        .iter()
+        .filter(|r| {
+            r.body["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_str())
+                .is_some_and(|c| c.starts_with(prefix))
+        })
+        .count()
+}
+
 fn requests_matching(mock: &MockLlm, text: &str) -> usize {
     mock.requests()
         .iter()
@@ -404,9 +418,15 @@ fn a_secretary_killed_during_dispatch_restarts_and_each_task_goes_out_once() {
         &env(&mock, port, &url, &sink, &run_id),
         Duration::from_secs(120),
     );
-    wait_for(Duration::from_secs(90), "the coder's request", || {
-        requests_matching(&mock, "You are the coder") == 1
-    });
+    // Killed once every task is out (phase 3 announced) and while the coder works.
+    wait_for(
+        Duration::from_secs(90),
+        "the dispatch, and the coder at work",
+        || {
+            phases(&dora::sink_lines_lenient(&sink)).contains(&3)
+                && requests_matching(&mock, "You are the coder") == 1
+        },
+    );
     let pids = dora::node_pids("mofa-secretary", "MOFA_TEST_RUN", &run_id);
     assert_eq!(pids.len(), 1, "one secretary: {pids:?}");
     let killed = std::process::Command::new("kill")
@@ -425,15 +445,31 @@ fn a_secretary_killed_during_dispatch_restarts_and_each_task_goes_out_once() {
     // Nothing repeated: one plan, one document, each executor asked once.
     assert_eq!(requests_matching(&mock, "You are the coder"), 1);
     assert_eq!(requests_matching(&mock, "You are the writer"), 1);
-    assert_eq!(requests_matching(&mock, "Split the idea"), 1);
+    assert_eq!(requests_asking(&mock, "Idea:"), 1, "one plan");
     assert_eq!(
-        requests_matching(&mock, "Write the project document:"),
+        requests_asking(&mock, "Write the project document:"),
         1,
         "the document written once"
     );
     let stored = read_back(&url);
     assert_eq!(stored.session["status"], "done");
     assert_eq!(stored.todos.len(), 2);
+    // The store's taps saw each task go out once: two tasks, two ids.
+    let session = stored.session["session"].as_str().unwrap().to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let log = rt.block_on(async {
+        let db = Db::open(&url).await.unwrap();
+        op(&db, json!({"op": "message.list", "session": session})).await
+    });
+    let tasks: Vec<&Value> = log["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["kind"] == "task")
+        .filter(|m| m["tap"] == "tap_coder" || m["tap"] == "tap_writer")
+        .collect();
+    assert_eq!(tasks.len(), 2, "{log:#}");
+    assert_ne!(tasks[0]["id"], tasks[1]["id"]);
     assert!(
         stored.todos.iter().all(|t| t["status"] == "accepted"),
         "{:#?}",

@@ -645,7 +645,6 @@ impl Run {
         document: &str,
     ) -> Result<Vec<Value>, Failure> {
         let mut waits = Vec::new();
-        let mut sent = 0;
         for todo in todos {
             let status = todo["status"].as_str().unwrap_or_default();
             if ["done", "failed", "accepted", "rejected"].contains(&status) {
@@ -708,15 +707,20 @@ impl Run {
                 task.id = task_id.clone();
                 task = task.with_payload(&json!({"todo": id}));
                 self.ctx.send_one(&executor.name, task);
-                sent += 1;
                 Value::Null
             };
             waits.push((id, executor.name.clone(), waiter, early));
         }
-        if sent > 0 && self.memo("dispatched").await?.is_none() {
-            self.remember("dispatched", json!({"tasks": sent})).await?;
-            self.announce(3, "dispatch", format!("{sent} tasks sent to the executors"))
+        // Announced once every task is out, by whichever run of the secretary got there.
+        if !waits.is_empty() && self.memo("dispatched").await?.is_none() {
+            self.remember("dispatched", json!({"tasks": waits.len()}))
                 .await?;
+            self.announce(
+                3,
+                "dispatch",
+                format!("{} tasks sent to the executors", waits.len()),
+            )
+            .await?;
         }
         let outcomes = join_all(waits.into_iter().map(
             |(id, executor, waiter, early)| async move {
