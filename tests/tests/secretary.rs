@@ -45,6 +45,8 @@ fn script(coder_delay_ms: u64) -> Script {
                 tool_calls: vec![json!({"name": "record_todos", "arguments": {"todos": [
                     {"title": "Write the converter", "detail": "CSV in, Markdown out", "capability": "code"},
                     {"title": "Write the user guide", "detail": "one page", "capability": "docs"},
+                    // Said twice (small models do): one todo.
+                    {"title": "write the converter", "detail": "again", "capability": "code"},
                 ]}})],
                 ..Default::default()
             },

@@ -554,6 +554,14 @@ impl Run {
             if title.is_empty() {
                 return Err(Failure::new("record_todos gave a todo without a title"));
             }
+            // A small model repeats itself: the same todo twice is one todo.
+            if out.iter().any(|t: &Value| {
+                t["title"]
+                    .as_str()
+                    .is_some_and(|o| o.eq_ignore_ascii_case(title))
+            }) {
+                continue;
+            }
             if self.cfg.executor_for(capability).is_none() {
                 return Err(Failure::new(format!(
                     "the plan's todo `{title}` needs `{capability}`, which no executor has \
