@@ -160,14 +160,19 @@ impl RuleRouting {
     fn check(&self, ctx: &Ctx) {
         let now = file_stamp(&self.cfg.path);
         {
-            let mut seen = self.seen.lock().expect("rules stamp");
+            let seen = self.seen.lock().expect("rules stamp");
             // Unreadable now (mid-save, removed): the rules in force stay until it is back.
             if now.is_none() || *seen == now {
                 return;
             }
-            *seen = now;
         }
-        match load_rules(&self.engine, &self.cfg) {
+        let loaded = load_rules(&self.engine, &self.cfg);
+        // Changed while it was read (a save that began just after the look): next poll.
+        if file_stamp(&self.cfg.path) != now {
+            return;
+        }
+        *self.seen.lock().expect("rules stamp") = now;
+        match loaded {
             Ok(set) => {
                 *self.current.write().expect("rules") = Arc::new(set);
                 tracing::info!("rules reloaded from {}", self.cfg.path.display());

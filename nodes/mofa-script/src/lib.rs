@@ -28,7 +28,9 @@ use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::node::{Ctx, Failure, Handler};
 use mofa_kernel::rules::RuleSet;
-use mofa_kernel::script::{FileStamp, Limits, ScriptEngine, ScriptError, content_hash, file_stamp};
+use mofa_kernel::script::{
+    FileStamp, Limits, ScriptEngine, ScriptError, content_hash, file_stamp, read_settled,
+};
 use mofa_kernel::{Envelope, Kind, Priority, Role};
 use serde_json::{Value, json};
 
@@ -149,10 +151,11 @@ impl ScriptNode {
         if stamp.is_none() || stamp == l.stamp {
             return None; // unchanged, or unreadable now (mid-save, removed): keep what runs
         }
-        let Ok(text) = std::fs::read_to_string(&self.cfg.path) else {
+        // Being saved right now (or gone): keep what runs and look again later.
+        let Ok(Some((stamp, text))) = read_settled(&self.cfg.path) else {
             return None;
         };
-        l.stamp = stamp;
+        l.stamp = Some(stamp);
         let text_hash = content_hash(&text);
         if text_hash == l.text_hash {
             return None;

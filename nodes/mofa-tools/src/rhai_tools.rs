@@ -319,14 +319,12 @@ impl ToolsDir {
             Ok(entries) => {
                 for path in entries.flatten().map(|e| e.path()) {
                     if path.extension().is_some_and(|x| x == "rhai") && path.is_file() {
-                        let modified = std::fs::metadata(&path).and_then(|m| m.modified());
-                        if modified.is_ok_and(|m| !script::settled(m)) {
-                            settling.insert(path);
-                            continue;
-                        }
-                        match std::fs::read_to_string(&path) {
-                            Ok(s) => {
+                        match script::read_settled(&path) {
+                            Ok(Some((_, s))) => {
                                 now.insert(path, s);
+                            }
+                            Ok(None) => {
+                                settling.insert(path);
                             }
                             Err(e) => scan
                                 .errors
