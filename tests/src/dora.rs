@@ -78,7 +78,15 @@ impl Drop for Guard {
 /// dataflows' `build:` lines run cargo, and with them inherited their builds would differ
 /// from the test command's own and rebuild it.
 fn dora_command() -> Command {
-    let mut cmd = Command::new(dora_bin());
+    let mut cmd = clean_command(dora_bin());
+    cmd.env("DORA_ZENOH_MULTICAST", "off");
+    cmd
+}
+
+/// `program` without the variables `cargo test` sets for test processes, so a cargo run inside
+/// it (a dataflow's build line, a guide's `cargo build`) builds as a user's would.
+pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy();
         let from_cargo_test =
@@ -91,7 +99,6 @@ fn dora_command() -> Command {
             cmd.env_remove(k.as_ref());
         }
     }
-    cmd.env("DORA_ZENOH_MULTICAST", "off");
     cmd
 }
 

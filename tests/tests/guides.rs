@@ -6,7 +6,6 @@
 //! what the `sh run` block before it printed (its last lines). Unmarked blocks are prose.
 
 use std::path::Path;
-use std::process::Command;
 
 use mofa_tests::dora;
 
@@ -39,9 +38,9 @@ fn steps(guide: &str) -> Vec<Step> {
     out
 }
 
-/// A scratch project beside the real one: the repository's build output and the Python helper
-/// module are there, nothing the guide writes is.
-fn scratch_project() -> tempfile::TempDir {
+/// The Python guide works inside a MoFA checkout: a scratch one with the repository's build
+/// output and the Python helper module, and nothing the guide writes.
+fn scratch_checkout() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dora::root();
     std::os::unix::fs::symlink(root.join("target"), dir.path().join("target")).unwrap();
@@ -55,7 +54,14 @@ fn scratch_project() -> tempfile::TempDir {
     dir
 }
 
-fn run_guide(guide: &str) {
+/// The Rust guide works in a folder holding the MoFA checkout, `mofa/`, and the new crate.
+fn scratch_folder_beside_mofa() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(dora::root(), dir.path().join("mofa")).unwrap();
+    dir
+}
+
+fn run_guide(guide: &str, project: tempfile::TempDir) {
     let text = std::fs::read_to_string(dora::root().join("docs/guides").join(guide)).unwrap();
     let steps = steps(&text);
     assert!(
@@ -64,7 +70,6 @@ fn run_guide(guide: &str) {
     );
     // The Rust nodes the guide's dataflow runs (cargo build, as the guide's set-up does).
     dora::build("chain.yml");
-    let project = scratch_project();
     let mut printed = String::new();
     for step in steps {
         match step {
@@ -74,7 +79,7 @@ fn run_guide(guide: &str) {
                 std::fs::write(p, text).unwrap();
             }
             Step::Run(script) => {
-                let out = Command::new("bash")
+                let out = dora::clean_command("bash")
                     .args(["-euo", "pipefail", "-c", &script])
                     .current_dir(project.path())
                     .env("PATH", dora::path_with_venv())
@@ -113,5 +118,14 @@ fn logs(dir: &Path) -> String {
 
 #[test]
 fn the_python_operator_guide_runs_as_written() {
-    run_guide("python-operator.md");
+    run_guide("python-operator.md", scratch_checkout());
+}
+
+#[test]
+fn the_rust_operator_guide_runs_as_written() {
+    let project = scratch_folder_beside_mofa();
+    let built = dora::root().join("target/debug/libshout_op.so");
+    run_guide("rust-operator.md", project);
+    // The guide's build lands in MoFA's build folder: leave it as it was.
+    let _ = std::fs::remove_file(built);
 }
