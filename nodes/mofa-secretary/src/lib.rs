@@ -595,11 +595,7 @@ impl Run {
         {
             return Ok(d);
         }
-        let list: String = todos
-            .iter()
-            .enumerate()
-            .map(|(i, t)| format!("{}. {}\n", i + 1, t["title"].as_str().unwrap_or_default()))
-            .collect();
+        let list = lines(todos, |t| format!("- {}", field(t, "title")));
         let question = format!(
             "Before I write the project document for “{}”: anything to add or change?\n\
              The plan:\n{list}",
@@ -617,32 +613,20 @@ impl Run {
         todos: &[Value],
         clarification: &Decision,
     ) -> Result<String, Failure> {
-        let list: String = todos
-            .iter()
-            .map(|t| {
-                format!(
-                    "- {} ({}): {}\n",
-                    t["title"].as_str().unwrap_or_default(),
-                    t["capability"].as_str().unwrap_or_default(),
-                    t["detail"].as_str().unwrap_or_default()
-                )
-            })
-            .collect();
-        let request = ChatRequest {
-            messages: vec![
-                ChatMessage::new(Role::System, self.cfg.prompt.clone()),
-                ChatMessage::new(
-                    Role::User,
-                    format!(
-                        "Write the project document: goal, scope, the todos, and what counts \
-                         as done.\nIdea: {}\nTodos:\n{list}The person's requirements: {}",
-                        self.idea.content, clarification.answer
-                    ),
-                ),
-            ],
-            ..Default::default()
-        };
-        Ok(self.chat(request).await?.message.content)
+        let list = lines(todos, |t| {
+            format!(
+                "- {} ({}): {}",
+                field(t, "title"),
+                field(t, "capability"),
+                field(t, "detail")
+            )
+        });
+        self.write(format!(
+            "Write the project document: goal, scope, the todos, and what counts as done.\n\
+             Idea: {}\nTodos:\n{list}The person's requirements: {}",
+            self.idea.content, clarification.answer
+        ))
+        .await
     }
 
     /// Phases 3 and 4 (first half): every todo that has no result yet goes to its executor
@@ -760,19 +744,15 @@ impl Run {
 
     /// Phase 4, second half: the person approves or rejects the results.
     async fn approve(&self, todos: &[Value]) -> Result<Decision, Failure> {
-        let list: String = todos
-            .iter()
-            .map(|t| {
-                let result = t["result"].as_str().unwrap_or_default();
-                let short: String = result.chars().take(300).collect();
-                format!(
-                    "- {} [{} by {}]: {short}\n",
-                    t["title"].as_str().unwrap_or_default(),
-                    t["status"].as_str().unwrap_or_default(),
-                    t["assignee"].as_str().unwrap_or_default(),
-                )
-            })
-            .collect();
+        let list = lines(todos, |t| {
+            let short: String = field(t, "result").chars().take(300).collect();
+            format!(
+                "- {} [{} by {}]: {short}",
+                field(t, "title"),
+                field(t, "status"),
+                field(t, "assignee"),
+            )
+        });
         let question = format!(
             "Do you approve the results for “{}”?\n{list}",
             self.idea.content
@@ -783,39 +763,28 @@ impl Run {
 
     async fn write_report(&self, document: &str, approval: &Decision) -> Result<String, Failure> {
         let todos = self.todos().await?;
-        let list: String = todos
-            .iter()
-            .map(|t| {
-                format!(
-                    "- {} [{}, by {}]: {}\n",
-                    t["title"].as_str().unwrap_or_default(),
-                    t["status"].as_str().unwrap_or_default(),
-                    t["assignee"].as_str().unwrap_or_default(),
-                    t["result"].as_str().unwrap_or_default()
-                )
-            })
-            .collect();
-        let request = ChatRequest {
-            messages: vec![
-                ChatMessage::new(Role::System, self.cfg.prompt.clone()),
-                ChatMessage::new(
-                    Role::User,
-                    format!(
-                        "Write the acceptance report: what was asked, what was done, what is \
-                         left.\nIdea: {}\nProject document:\n{document}\nTodos and \
-                         results:\n{list}The results were {}.",
-                        self.idea.content,
-                        if approval.answer == "approve" {
-                            "approved"
-                        } else {
-                            "rejected"
-                        }
-                    ),
-                ),
-            ],
-            ..Default::default()
+        let list = lines(&todos, |t| {
+            format!(
+                "- {} [{}, by {}]: {}",
+                field(t, "title"),
+                field(t, "status"),
+                field(t, "assignee"),
+                field(t, "result")
+            )
+        });
+        let verdict = if approval.answer == "approve" {
+            "approved"
+        } else {
+            "rejected"
         };
-        let mut text = self.chat(request).await?.message.content;
+        let mut text = self
+            .write(format!(
+                "Write the acceptance report: what was asked, what was done, what is left.\n\
+                 Idea: {}\nProject document:\n{document}\nTodos and results:\n{list}\
+                 The results were {verdict}.",
+                self.idea.content
+            ))
+            .await?;
         // Written by the node, not the model: who decided is a fact, not prose.
         let clarify = self
             .memo("clarify")
@@ -837,6 +806,18 @@ impl Run {
         );
         text.push_str(&decisions);
         Ok(text)
+    }
+
+    /// A text the model writes on the secretary's instructions.
+    async fn write(&self, instruction: String) -> Result<String, Failure> {
+        let request = ChatRequest {
+            messages: vec![
+                ChatMessage::new(Role::System, self.cfg.prompt.clone()),
+                ChatMessage::new(Role::User, instruction),
+            ],
+            ..Default::default()
+        };
+        Ok(self.chat(request).await?.message.content)
     }
 
     async fn ask_person(
@@ -958,6 +939,16 @@ impl Run {
         self.ctx.send_one("progress", msg);
         Ok(())
     }
+}
+
+/// A todo's text field ("" when absent).
+fn field<'a>(todo: &'a Value, key: &str) -> &'a str {
+    todo[key].as_str().unwrap_or_default()
+}
+
+/// The todos as prompt lines, one each.
+fn lines(todos: &[Value], line: impl Fn(&Value) -> String) -> String {
+    todos.iter().map(|t| line(t) + "\n").collect()
 }
 
 #[cfg(test)]
