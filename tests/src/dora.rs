@@ -60,7 +60,7 @@ impl Drop for Guard {
 /// A dora CLI command with the variables `cargo test` sets for test processes removed: the
 /// dataflows' `build:` lines run cargo, and with them inherited their builds would differ
 /// from the test command's own and rebuild it.
-fn dora_command() -> Command {
+pub(crate) fn dora_command() -> Command {
     let mut cmd = Command::new(dora_bin());
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy();
