@@ -234,7 +234,8 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let coord_ip = net.machine("coord").ip.clone();
         let mut cmd = dora::dora_command();
-        cmd.args(["coordinator", "--interface", &coord_ip, "--store", "memory"]);
+        cmd.args(["coordinator", "--interface", &coord_ip, "--store", "memory"])
+            .current_dir(dir.path()); // it writes out/dora-coordinator.txt there
         let coordinator = spawn_logged(&net, "coord", cmd, &dir.path().join("coordinator.log"));
         let mut cluster = Cluster {
             daemons: Vec::new(),
@@ -286,16 +287,23 @@ impl Cluster {
         cmd.args(args)
             .arg("--coordinator-addr")
             .arg(&self.net.machine("coord").ip)
+            .current_dir(self.dir.path())
             .stdin(Stdio::null());
         self.net.enter("coord", &mut cmd);
         cmd
     }
 
     /// `dora start <yml> --attach` with `--env` for each of `env`, in the background; its
-    /// output goes to `dora-start.log` in the cluster's folder.
+    /// output goes to `dora-start.log` in the cluster's folder. It starts a copy of `yml` in
+    /// that folder: dora writes its session file into `out/` beside the dataflow.
     pub fn start_dataflow(&self, yml: &Path, env: &[(&str, String)]) -> Guard {
+        let copy = self
+            .dir
+            .path()
+            .join(yml.file_name().expect("a dataflow file"));
+        std::fs::copy(yml, &copy).expect("copy the dataflow");
         let mut cmd = self.cli(&["start"]);
-        cmd.arg(yml).arg("--attach");
+        cmd.arg(&copy).arg("--attach");
         for (k, v) in env {
             cmd.arg("--env").arg(format!("{k}={v}"));
         }
