@@ -657,3 +657,76 @@ fn send_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch() -> Watch {
+        let peer = |node: &str, machine: &str| Peer {
+            node: node.into(),
+            machine: machine.into(),
+        };
+        Watch {
+            open: ["task", "llm", "tools", "catalog"].map(String::from).into(),
+            remote: BTreeMap::from([
+                ("llm".to_owned(), peer("llm", "gpu")),
+                ("tools".to_owned(), peer("tools", "edge2")),
+                ("catalog".to_owned(), peer("tools", "edge2")),
+            ]),
+            heard: HashMap::new(),
+            timeout: Duration::from_secs(10),
+            any_lost: false,
+        }
+    }
+
+    #[test]
+    fn an_input_is_lost_once_its_sender_heard_from_is_silent_past_the_timeout() {
+        let mut w = watch();
+        let t0 = Instant::now();
+        assert!(w.watching());
+        // Never heard from: not watched yet (a sender that sends no heartbeats is no MoFA node).
+        assert!(w.silent(t0 + Duration::from_secs(60)).is_empty());
+        w.heard.insert("tools".into(), t0);
+        w.heard.insert("llm".into(), t0 + Duration::from_secs(5));
+        assert!(
+            w.silent(t0 + Duration::from_secs(10)).is_empty(),
+            "not past it"
+        );
+        let lost = w.silent(t0 + Duration::from_millis(10_001));
+        let inputs: Vec<&str> = lost.iter().map(|(i, _)| i.as_str()).collect();
+        assert_eq!(
+            inputs,
+            ["catalog", "tools"],
+            "both inputs from the silent node"
+        );
+        assert_eq!(lost[0].1.machine, "edge2");
+        assert_eq!(
+            lost[1].1.to_string(),
+            "machine `edge2` was lost (no heartbeat from node `tools` for 10001 ms)"
+        );
+        // A closed input is not lost again; every input closed with some lost ends the node.
+        w.open.remove("catalog");
+        w.open.remove("tools");
+        w.any_lost = true;
+        assert!(
+            w.silent(t0 + Duration::from_secs(60)).len() == 1,
+            "llm only"
+        );
+        assert!(!w.done());
+        w.open.clear();
+        assert!(w.done());
+    }
+
+    #[test]
+    fn nothing_is_watched_on_one_machine_or_with_no_timeout() {
+        let mut w = watch();
+        w.timeout = Duration::ZERO;
+        assert!(!w.watching());
+        let mut w = watch();
+        w.remote.clear();
+        assert!(!w.watching());
+        w.open.clear();
+        assert!(!w.done(), "inputs closed by dora: dora ends the stream");
+    }
+}
