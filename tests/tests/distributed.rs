@@ -438,4 +438,9 @@ fn debate_with_edge2_lost_mid_turn_ends_with_an_error_naming_it() {
     let callers: Vec<String> = setup.mock.requests().iter().map(caller).collect();
     assert_eq!(callers, ["optimist", "skeptic", "pragmatist"]);
     assert!(log.contains("machine `edge2` was lost"), "{log}");
+    // The bridge on gpu dropped the call it was making for the lost pragmatist.
+    assert!(
+        log.contains("dropped: its requester's machine was lost"),
+        "{log}"
+    );
 }
