@@ -15,9 +15,10 @@
 //! - `RUST_LOG`: log filter (default `info`, llama.cpp at `warn`), logs on stderr.
 //! - `MOFA_HEARTBEAT_MS` (default 1000; 0: none): across machines, how often a heartbeat goes
 //!   out on each output that a node on another machine takes ([`crate::placement`]).
-//! - `MOFA_PEER_TIMEOUT_MS` (default 10000; 0: never): how long an input from another machine
-//!   may be silent, once its sender has been heard from, before the kernel treats it as closed:
-//!   the handler gets [`Handler::on_input_closed`] and [`Ctx::lost`] says which machine was lost.
+//! - `MOFA_PEER_TIMEOUT_MS` (default 10000; 0: never; at least twice `MOFA_HEARTBEAT_MS`): how
+//!   long an input from another machine may be silent, once its sender has been heard from,
+//!   before the kernel treats it as closed: the handler gets [`Handler::on_input_closed`] and
+//!   [`Ctx::lost`] says which machine was lost.
 //!
 //! Heartbeats are `control` envelopes marked by the `mofa.heartbeat` metadata parameter; the
 //! receiving kernel takes them and never hands them to the handler. When every node runs on one
@@ -317,6 +318,7 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
         .unwrap_or_default();
     let heartbeat = config::millis_or("MOFA_HEARTBEAT_MS", Duration::from_secs(1))?;
     let peer_timeout = config::millis_or("MOFA_PEER_TIMEOUT_MS", Duration::from_secs(10))?;
+    check_peer_timeout(heartbeat, peer_timeout)?;
 
     let node_id = node.id().to_string();
     let placement = node
@@ -384,6 +386,22 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
     let _ = sender.join();
     // Dropped last, outside the runtime: dora's stream does blocking calls on drop.
     drop(events);
+    Ok(())
+}
+
+/// A peer timeout shorter than two heartbeats would take live machines for lost.
+fn check_peer_timeout(heartbeat: Duration, timeout: Duration) -> Result<(), ConfigError> {
+    if !timeout.is_zero() && !heartbeat.is_zero() && timeout < heartbeat * 2 {
+        return Err(ConfigError::invalid(
+            "MOFA_PEER_TIMEOUT_MS",
+            timeout.as_millis().to_string(),
+            format!(
+                "must be at least twice MOFA_HEARTBEAT_MS ({} ms), or a live machine would be \
+                 taken for lost",
+                heartbeat.as_millis()
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -716,6 +734,23 @@ mod tests {
         assert!(!w.done());
         w.open.clear();
         assert!(w.done());
+    }
+
+    #[test]
+    fn the_peer_timeout_must_cover_two_heartbeats() {
+        let ms = Duration::from_millis;
+        assert!(check_peer_timeout(ms(1000), ms(10_000)).is_ok());
+        assert!(check_peer_timeout(ms(1000), ms(2000)).is_ok());
+        assert!(check_peer_timeout(ms(0), ms(100)).is_ok(), "no heartbeats");
+        assert!(check_peer_timeout(ms(1000), ms(0)).is_ok(), "never lost");
+        let e = check_peer_timeout(ms(1000), ms(1500))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("MOFA_PEER_TIMEOUT_MS=\"1500\" is invalid")
+                && e.contains("twice MOFA_HEARTBEAT_MS (1000 ms)"),
+            "{e}"
+        );
     }
 
     #[test]
