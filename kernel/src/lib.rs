@@ -3,6 +3,7 @@
 //! - [`envelope`]: the one Arrow schema on every agent edge, and its conversion both ways.
 //! - [`node`]: the one lifecycle every node binary runs (`node::run`).
 //! - [`llm`], [`tool`], [`plugin`]: the provider, tool and plugin traits.
+//! - [`placement`]: which of a node's edges cross machines (heartbeats, lost machines).
 //! - [`config`]: reading a node's configuration from its environment.
 //! - [`queue`]: the priority queue where work waits for a free slot.
 //! - [`calls`]: awaiting the answer to a request by `reply_to`.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod envelope;
 pub mod llm;
 pub mod node;
+pub mod placement;
 pub mod plugin;
 pub mod queue;
 #[cfg(feature = "script")]

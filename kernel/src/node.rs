@@ -13,13 +13,24 @@
 //! - `MOFA_TEXT_OUTPUTS`: comma-separated outputs sent as plain Utf8 (each envelope's content)
 //!   instead of envelopes, for a downstream dora-hub node.
 //! - `RUST_LOG`: log filter (default `info`, llama.cpp at `warn`), logs on stderr.
+//! - `MOFA_HEARTBEAT_MS` (default 1000; 0: none): across machines, how often a heartbeat goes
+//!   out on each output that a node on another machine takes ([`crate::placement`]).
+//! - `MOFA_PEER_TIMEOUT_MS` (default 10000; 0: never; at least twice `MOFA_HEARTBEAT_MS`): how
+//!   long an input from another machine may be silent, once its sender has been heard from,
+//!   before the kernel treats it as closed: the handler gets [`Handler::on_input_closed`] and
+//!   [`Ctx::lost`] says which machine was lost.
+//!
+//! Heartbeats are `control` envelopes marked by the `mofa.heartbeat` metadata parameter; the
+//! receiving kernel takes them and never hands them to the handler. When every node runs on one
+//! machine there are none. A node whose inputs are all closed, some of them lost, ends as if
+//! dora had closed them all.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dora_node_api::{DoraNode, Event, EventStream, MetadataParameters, Parameter};
@@ -29,6 +40,33 @@ use tokio::task::JoinSet;
 
 use crate::config::{self, ConfigError};
 use crate::envelope::{self, Envelope, Kind, Role, SCHEMA, SCHEMA_KEY};
+use crate::placement::{self, Peer, Placement};
+
+/// The dora metadata parameter that marks a heartbeat; its value is the sender's machine.
+pub const HEARTBEAT_KEY: &str = "mofa.heartbeat";
+
+/// An input the kernel closed because the machine of its sender went silent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// The node that fed the input.
+    pub node: String,
+    /// Its machine (`deploy.machine`).
+    pub machine: String,
+    /// How long it had been silent when the input was closed.
+    pub silent: Duration,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "machine `{}` was lost (no heartbeat from node `{}` for {} ms)",
+            self.machine,
+            self.node,
+            self.silent.as_millis()
+        )
+    }
+}
 
 /// Why a message could not be handled. It becomes an `error` envelope answering the message.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +121,8 @@ pub trait Handler: Send + Sync + 'static {
         self.on_message(ctx, input, msg).await
     }
 
-    /// The sender of `input` has exited; nothing more will come on it.
+    /// The sender of `input` has exited, or its machine was lost ([`Ctx::lost`] says which);
+    /// nothing more will come on it.
     async fn on_input_closed(&self, _ctx: &Ctx, _input: &str) {}
 
     /// After the event loop ends and in-flight work is drained: flush state here.
@@ -105,6 +144,8 @@ enum Outgoing {
 
 struct Shared {
     node_id: String,
+    /// Inputs closed because their sender's machine went silent.
+    lost: Mutex<BTreeMap<String, Lost>>,
     out: mpsc::UnboundedSender<Outgoing>,
     tasks: Mutex<JoinSet<()>>,
     exit: Notify,
@@ -121,6 +162,16 @@ impl Ctx {
     /// The node's id in the dataflow.
     pub fn node_id(&self) -> &str {
         &self.shared.node_id
+    }
+
+    /// Whether `input` was closed because the machine of its sender was lost, and which.
+    pub fn lost(&self, input: &str) -> Option<Lost> {
+        self.shared
+            .lost
+            .lock()
+            .expect("lost lock")
+            .get(input)
+            .cloned()
     }
 
     /// Queues `batch` on `output` (one Arrow array, a row each).
@@ -265,9 +316,52 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
     let text_outputs: HashSet<String> = config::optional("MOFA_TEXT_OUTPUTS")
         .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
         .unwrap_or_default();
+    let heartbeat = config::millis_or("MOFA_HEARTBEAT_MS", Duration::from_secs(1))?;
+    let peer_timeout = config::millis_or("MOFA_PEER_TIMEOUT_MS", Duration::from_secs(10))?;
+    check_peer_timeout(heartbeat, peer_timeout)?;
 
     let node_id = node.id().to_string();
+    let placement = node
+        .dataflow_descriptor()
+        .ok()
+        .and_then(|d| serde_json::to_value(d).ok())
+        .map(|d| Placement::from_descriptor(&node_id, &d))
+        .unwrap_or_default();
+    if placement.is_distributed() {
+        tracing::info!(
+            "on machine `{}`; inputs from other machines: {:?}; outputs to other machines: {:?}",
+            placement::machine_name(placement.machine.as_deref()),
+            placement.remote_inputs.keys().collect::<Vec<_>>(),
+            placement.remote_outputs
+        );
+    }
+    let watch = Watch {
+        open: node
+            .node_config()
+            .inputs
+            .keys()
+            .map(|k| k.to_string())
+            .collect(),
+        remote: placement.remote_inputs.clone(),
+        heard: HashMap::new(),
+        timeout: peer_timeout,
+        any_lost: false,
+    };
     let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let beating: Vec<String> = placement
+        .remote_outputs
+        .iter()
+        .filter(|o| !text_outputs.contains(*o))
+        .cloned()
+        .collect();
+    if !heartbeat.is_zero() && !beating.is_empty() {
+        let machine = placement::machine_name(placement.machine.as_deref());
+        let (tx, id) = (out_tx.clone(), node_id.clone());
+        std::thread::Builder::new()
+            .name("mofa-heartbeat".into())
+            .spawn(move || heartbeat_loop(tx, id, machine, beating, heartbeat))
+            .expect("spawn heartbeat thread");
+    }
     let sender = std::thread::Builder::new()
         .name("dora-output".into())
         .spawn(move || send_loop(node, out_rx, text_outputs))
@@ -276,6 +370,7 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
     let ctx = Ctx {
         shared: Arc::new(Shared {
             node_id,
+            lost: Mutex::new(BTreeMap::new()),
             out: out_tx.clone(),
             tasks: Mutex::new(JoinSet::new()),
             exit: Notify::new(),
@@ -285,7 +380,7 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let events = runtime.block_on(event_loop(ctx, events, handler, stop_timeout));
+    let events = runtime.block_on(event_loop(ctx, events, handler, stop_timeout, watch));
     drop(runtime);
     let _ = out_tx.send(Outgoing::Close);
     let _ = sender.join();
@@ -294,25 +389,147 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
     Ok(())
 }
 
+/// A peer timeout shorter than two heartbeats would take live machines for lost.
+fn check_peer_timeout(heartbeat: Duration, timeout: Duration) -> Result<(), ConfigError> {
+    if !timeout.is_zero() && !heartbeat.is_zero() && timeout < heartbeat * 2 {
+        return Err(ConfigError::invalid(
+            "MOFA_PEER_TIMEOUT_MS",
+            timeout.as_millis().to_string(),
+            format!(
+                "must be at least twice MOFA_HEARTBEAT_MS ({} ms), or a live machine would be \
+                 taken for lost",
+                heartbeat.as_millis()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Sends a heartbeat on each of `outputs` every `every`, until the node's output channel
+/// closes.
+fn heartbeat_loop(
+    out: mpsc::UnboundedSender<Outgoing>,
+    node_id: String,
+    machine: String,
+    outputs: Vec<String>,
+    every: Duration,
+) {
+    loop {
+        for output in &outputs {
+            let beat = Envelope::new(Kind::Control, &node_id, Role::System, "heartbeat");
+            let sent = out.send(Outgoing::Send {
+                output: output.clone(),
+                batch: vec![beat],
+                meta: vec![(HEARTBEAT_KEY.to_owned(), machine.clone())],
+            });
+            if sent.is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The inputs still open, and when the senders on other machines were last heard from.
+struct Watch {
+    open: BTreeSet<String>,
+    /// Inputs fed from another machine.
+    remote: BTreeMap<String, Peer>,
+    /// Sender node → when a message or heartbeat last came from it.
+    heard: HashMap<String, Instant>,
+    /// Silence after which an input is lost (zero: never).
+    timeout: Duration,
+    /// Whether an input was closed as lost: then dora will not end the stream by itself.
+    any_lost: bool,
+}
+
+impl Watch {
+    fn watching(&self) -> bool {
+        !self.remote.is_empty() && !self.timeout.is_zero()
+    }
+
+    /// Open inputs whose sender, heard from before, has been silent past the timeout.
+    fn silent(&self, now: Instant) -> Vec<(String, Lost)> {
+        self.remote
+            .iter()
+            .filter(|(input, _)| self.open.contains(*input))
+            .filter_map(|(input, peer)| {
+                let silent = now.duration_since(*self.heard.get(&peer.node)?);
+                (silent > self.timeout).then(|| {
+                    let lost = Lost {
+                        node: peer.node.clone(),
+                        machine: peer.machine.clone(),
+                        silent,
+                    };
+                    (input.clone(), lost)
+                })
+            })
+            .collect()
+    }
+
+    /// Every input is closed, some as lost: dora would never end the stream.
+    fn done(&self) -> bool {
+        self.any_lost && self.open.is_empty()
+    }
+}
+
 async fn event_loop<H: Handler>(
     ctx: Ctx,
     mut events: EventStream,
     handler: H,
     stop_timeout: Duration,
+    mut watch: Watch,
 ) -> EventStream {
     if let Err(f) = handler.on_start(&ctx).await {
         let cause = Envelope::new(Kind::Control, ctx.node_id(), Role::System, "start");
         ctx.fail(&cause, f);
     }
+    let mut ticker = watch.watching().then(|| {
+        let period = (watch.timeout / 5).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let mut t = tokio::time::interval(period);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     loop {
         let event = tokio::select! {
             biased;
             _ = ctx.shared.exit.notified() => break,
+            _ = async {
+                match ticker.as_mut() {
+                    Some(t) => { t.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                for (input, lost) in watch.silent(Instant::now()) {
+                    tracing::error!("{lost}: input `{input}` closed");
+                    watch.open.remove(&input);
+                    watch.any_lost = true;
+                    ctx.shared.lost.lock().expect("lost lock").insert(input.clone(), lost);
+                    handler.on_input_closed(&ctx, &input).await;
+                }
+                if watch.done() {
+                    tracing::info!("every input is closed, some lost with their machine: ending");
+                    break;
+                }
+                continue;
+            }
             event = events.next() => event,
         };
         match event {
             Some(Event::Input { id, metadata, data }) => {
                 let input = id.as_str();
+                if let Some(peer) = watch.remote.get(input) {
+                    if ctx.lost(input).is_some() {
+                        tracing::warn!(
+                            "input `{input}` was lost with its machine: message dropped"
+                        );
+                        continue;
+                    }
+                    watch.heard.insert(peer.node.clone(), Instant::now());
+                }
+                if metadata.parameters.contains_key(HEARTBEAT_KEY) {
+                    continue;
+                }
                 match envelope::from_arrow(data.as_array().as_ref(), input) {
                     Ok(batch) => {
                         let meta: Meta = metadata
@@ -354,7 +571,17 @@ async fn event_loop<H: Handler>(
                     }
                 }
             }
-            Some(Event::InputClosed { id }) => handler.on_input_closed(&ctx, id.as_str()).await,
+            Some(Event::InputClosed { id }) => {
+                let input = id.as_str();
+                if ctx.lost(input).is_some() {
+                    continue;
+                }
+                watch.open.remove(input);
+                handler.on_input_closed(&ctx, input).await;
+                if watch.done() {
+                    break;
+                }
+            }
             Some(Event::Stop(cause)) => {
                 tracing::debug!("stop: {cause:?}");
                 break;
@@ -446,5 +673,95 @@ fn send_loop(
         if closing {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch() -> Watch {
+        let peer = |node: &str, machine: &str| Peer {
+            node: node.into(),
+            machine: machine.into(),
+        };
+        Watch {
+            open: ["task", "llm", "tools", "catalog"].map(String::from).into(),
+            remote: BTreeMap::from([
+                ("llm".to_owned(), peer("llm", "gpu")),
+                ("tools".to_owned(), peer("tools", "edge2")),
+                ("catalog".to_owned(), peer("tools", "edge2")),
+            ]),
+            heard: HashMap::new(),
+            timeout: Duration::from_secs(10),
+            any_lost: false,
+        }
+    }
+
+    #[test]
+    fn an_input_is_lost_once_its_sender_heard_from_is_silent_past_the_timeout() {
+        let mut w = watch();
+        let t0 = Instant::now();
+        assert!(w.watching());
+        // Never heard from: not watched yet (a sender that sends no heartbeats is no MoFA node).
+        assert!(w.silent(t0 + Duration::from_secs(60)).is_empty());
+        w.heard.insert("tools".into(), t0);
+        w.heard.insert("llm".into(), t0 + Duration::from_secs(5));
+        assert!(
+            w.silent(t0 + Duration::from_secs(10)).is_empty(),
+            "not past it"
+        );
+        let lost = w.silent(t0 + Duration::from_millis(10_001));
+        let inputs: Vec<&str> = lost.iter().map(|(i, _)| i.as_str()).collect();
+        assert_eq!(
+            inputs,
+            ["catalog", "tools"],
+            "both inputs from the silent node"
+        );
+        assert_eq!(lost[0].1.machine, "edge2");
+        assert_eq!(
+            lost[1].1.to_string(),
+            "machine `edge2` was lost (no heartbeat from node `tools` for 10001 ms)"
+        );
+        // A closed input is not lost again; every input closed with some lost ends the node.
+        w.open.remove("catalog");
+        w.open.remove("tools");
+        w.any_lost = true;
+        assert!(
+            w.silent(t0 + Duration::from_secs(60)).len() == 1,
+            "llm only"
+        );
+        assert!(!w.done());
+        w.open.clear();
+        assert!(w.done());
+    }
+
+    #[test]
+    fn the_peer_timeout_must_cover_two_heartbeats() {
+        let ms = Duration::from_millis;
+        assert!(check_peer_timeout(ms(1000), ms(10_000)).is_ok());
+        assert!(check_peer_timeout(ms(1000), ms(2000)).is_ok());
+        assert!(check_peer_timeout(ms(0), ms(100)).is_ok(), "no heartbeats");
+        assert!(check_peer_timeout(ms(1000), ms(0)).is_ok(), "never lost");
+        let e = check_peer_timeout(ms(1000), ms(1500))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("MOFA_PEER_TIMEOUT_MS=\"1500\" is invalid")
+                && e.contains("twice MOFA_HEARTBEAT_MS (1000 ms)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn nothing_is_watched_on_one_machine_or_with_no_timeout() {
+        let mut w = watch();
+        w.timeout = Duration::ZERO;
+        assert!(!w.watching());
+        let mut w = watch();
+        w.remote.clear();
+        assert!(!w.watching());
+        w.open.clear();
+        assert!(!w.done(), "inputs closed by dora: dora ends the stream");
     }
 }

@@ -77,7 +77,7 @@ impl Drop for Guard {
 /// A dora CLI command with the variables `cargo test` sets for test processes removed: the
 /// dataflows' `build:` lines run cargo, and with them inherited their builds would differ
 /// from the test command's own and rebuild it.
-fn dora_command() -> Command {
+pub(crate) fn dora_command() -> Command {
     let mut cmd = clean_command(dora_bin());
     cmd.env("DORA_ZENOH_MULTICAST", "off");
     cmd

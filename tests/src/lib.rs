@@ -1,9 +1,11 @@
 //! Test support, never shipped in a node: the mock OpenAI-compatible server ([`mock_llm`]),
 //! a harness that runs a node handler under `DoraNode::init_testing` ([`harness`]), a
-//! runner for whole dataflows under the dora CLI ([`dora`]), and real PostgreSQL and MariaDB
-//! servers ([`db`]).
+//! runner for whole dataflows under the dora CLI ([`dora`]), real PostgreSQL and MariaDB
+//! servers ([`db`]), and machines made of network namespaces with a dora cluster on them
+//! ([`netns`]).
 
 pub mod db;
 pub mod dora;
 pub mod harness;
 pub mod mock_llm;
+pub mod netns;

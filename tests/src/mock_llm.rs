@@ -109,13 +109,19 @@ impl MockLlm {
     }
 
     pub fn start_on(script: Script, port: u16) -> MockLlm {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock");
+        Self::start_with(script, listener)
+    }
+
+    /// Serves on a listener the caller has bound: on another address, or inside another
+    /// network namespace (see `netns::Network::run_in`).
+    pub fn start_with(script: Script, listener: std::net::TcpListener) -> MockLlm {
         let used = vec![0; script.rules.len()];
         let inner = Arc::new(Inner {
             started: Instant::now(),
             script: Mutex::new((script, used)),
             requests: Mutex::new(Vec::new()),
         });
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

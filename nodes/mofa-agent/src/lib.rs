@@ -16,6 +16,10 @@
 //! The node ends by itself once `task` is closed and no work is left, so a chain drains from
 //! its source to its sink.
 //!
+//! Across machines: when the kernel reports the `llm` or `tools` input lost with its machine
+//! ([`Ctx::lost`]), every task in flight or waiting fails with an error naming the machine, and
+//! so does every task that comes after: nothing would ever answer them.
+//!
 //! Env: MOFA_AGENT_NAME (default: the node id), MOFA_SYSTEM_PROMPT or MOFA_SYSTEM_PROMPT_FILE,
 //! MOFA_MEMORY_WINDOW (messages kept per session, default 20), MOFA_MAX_SESSIONS (1000),
 //! MOFA_MAX_CONCURRENT (tasks in flight at once; default 0, no limit),
@@ -178,6 +182,8 @@ struct State {
     catalog_ready: bool,
     clock: u64,
     task_closed: bool,
+    /// Why tasks can no longer be done: the LLM's or the tools' machine was lost.
+    lost: Option<Failure>,
 }
 
 impl State {
@@ -373,6 +379,9 @@ impl Agent {
             return Err(Failure::new("empty task"));
         }
         let mut st = self.state.lock().expect("agent state");
+        if let Some(f) = &st.lost {
+            return Err(f.clone());
+        }
         if self.cfg.await_catalog && !st.catalog_ready {
             st.held.push(task);
             return Ok(());
@@ -584,6 +593,45 @@ impl Agent {
         Ok(())
     }
 
+    /// `input` (`llm` or `tools`) was lost with its machine: every task fails, now and later.
+    fn lost(&self, ctx: &Ctx, input: &str, lost: mofa_kernel::node::Lost) {
+        let what = if input == "llm" {
+            "the LLM"
+        } else {
+            "the tools"
+        };
+        let failure = Failure::new(format!("{what} cannot be reached: {lost}")).with_details(
+            serde_json::json!({
+                "lost": {"input": input, "node": lost.node, "machine": lost.machine},
+            }),
+        );
+        let mut st = self.state.lock().expect("agent state");
+        if st.lost.is_some() {
+            return;
+        }
+        st.lost = Some(failure.clone());
+        let mut failed: Vec<(Envelope, serde_json::Value)> = Vec::new();
+        for s in st.sessions.values_mut() {
+            if let Some(p) = s.pending.take() {
+                failed.push((p.task, serde_json::json!(p.steps)));
+            }
+            failed.extend(s.queued.drain(..).map(|t| (t, serde_json::json!([]))));
+        }
+        failed.extend(st.held.drain(..).map(|t| (t, serde_json::json!([]))));
+        while let Some(t) = st.ready.pop() {
+            failed.push((t, serde_json::json!([])));
+        }
+        st.running = 0;
+        for (task, steps) in failed {
+            let mut f = failure.clone();
+            f.details["steps"] = steps;
+            ctx.fail(&task, f);
+        }
+        if st.task_closed && !st.busy() {
+            ctx.exit();
+        }
+    }
+
     /// The catalog has come (or never will): start the tasks held for it.
     fn release_held(&self, ctx: &Ctx) {
         let held = {
@@ -671,6 +719,11 @@ impl Handler for Agent {
     }
 
     async fn on_input_closed(&self, ctx: &Ctx, input: &str) {
+        if (input == "llm" || input == "tools")
+            && let Some(lost) = ctx.lost(input)
+        {
+            self.lost(ctx, input, lost);
+        }
         if input == "catalog" {
             self.release_held(ctx);
         }

@@ -25,6 +25,11 @@
 //! A failed debate's `error` goes out on `verdict` as well as on `error`, so whoever waits for
 //! verdicts gets one outcome for every topic.
 //!
+//! Across machines, a participant whose machine is lost (the kernel closes its inputs, see
+//! [`Ctx::lost`]) is gone like one whose process ended, and the reason names the machine: an
+//! absent debater (skipped or failing the debate, per MOFA_ON_ABSENT), or a judge that cannot
+//! give its verdict.
+//!
 //! The node ends by itself once `task` is closed and no debate is left, so `dora run` ends.
 //!
 //! Env: MOFA_DEBATERS (names, comma-separated, at least 2), MOFA_ROUNDS (default 2),
@@ -635,13 +640,17 @@ impl Debate {
         Ok(())
     }
 
-    /// `who`'s process has ended: it is absent from every debate from now on.
+    /// `who`'s process has ended, or its machine was lost: it is absent from every debate from
+    /// now on.
     fn gone(&self, ctx: &Ctx, who: &str, input: &str) {
         let mut st = self.state.lock().expect("debate state");
         if st.gone.contains_key(who) {
             return;
         }
-        let reason = format!("its process has ended (input `{input}` closed)");
+        let reason = match ctx.lost(input) {
+            Some(lost) => format!("its {lost} (input `{input}` closed)"),
+            None => format!("its process has ended (input `{input}` closed)"),
+        };
         st.gone.insert(who.to_owned(), reason.clone());
         let waiting_on_it: Vec<(String, Waiting)> = st
             .sessions

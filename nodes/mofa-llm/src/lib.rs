@@ -4,7 +4,9 @@
 //! text); the answer goes out on the output named like the input, so one bridge serves many
 //! agents. Streamed text also goes out piece by piece as `token` envelopes on `token`.
 //! Failures answer the requester with an `error` envelope (and go out on `error`).
-//! Requests run concurrently: a slow call does not hold up the others.
+//! Requests run concurrently: a slow call does not hold up the others. When the kernel reports
+//! an input lost with its machine ([`Ctx::lost`]), the calls still running for it are dropped:
+//! nobody is left to read their answers, and the bridge need not hold up its own end.
 //!
 //! Env: MOFA_LLM_PROVIDER (local or openai; local unless OPENAI_BASE_URL or OPENAI_API_KEY is
 //! set), MOFA_STREAM (stream every request; default false), and the provider's own variables
@@ -13,7 +15,8 @@
 pub mod local;
 pub mod openai;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
@@ -24,6 +27,8 @@ use mofa_kernel::{Envelope, Kind, Role};
 pub struct LlmNode {
     provider: Arc<dyn LlmProvider>,
     stream_all: bool,
+    /// Per input: set to true when the input is lost with its machine.
+    lost: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
 }
 
 impl LlmNode {
@@ -31,7 +36,16 @@ impl LlmNode {
         LlmNode {
             provider,
             stream_all,
+            lost: Mutex::default(),
         }
+    }
+
+    /// Resolves once `input` is lost with its machine.
+    fn lost_signal(&self, input: &str) -> tokio::sync::watch::Receiver<bool> {
+        let mut lost = self.lost.lock().expect("lost lock");
+        lost.entry(input.to_owned())
+            .or_insert_with(|| tokio::sync::watch::channel(false).0)
+            .subscribe()
     }
 
     /// MOFA_LLM_PROVIDER=local|openai; without it, `local` unless OPENAI_BASE_URL or
@@ -95,7 +109,9 @@ impl Handler for LlmNode {
         let provider = self.provider.clone();
         let (ctx, output) = (ctx.clone(), input.to_owned());
         let work_ctx = ctx.clone();
-        ctx.spawn(msg.clone(), async move {
+        let mut lost = self.lost_signal(input);
+        let (cause, id) = (msg.clone(), msg.id.clone());
+        let call = async move {
             let ctx = work_ctx;
             let sender = ctx.node_id().to_owned();
             let result = if request.options.stream {
@@ -123,8 +139,24 @@ impl Handler for LlmNode {
                     ),
                 ),
             }
+        };
+        ctx.spawn(cause, async move {
+            tokio::select! {
+                _ = call => {}
+                _ = lost.wait_for(|l| *l) => {
+                    tracing::warn!("request {id} dropped: its requester's machine was lost");
+                }
+            }
             Ok(())
         });
         Ok(())
+    }
+
+    async fn on_input_closed(&self, ctx: &Ctx, input: &str) {
+        if ctx.lost(input).is_some()
+            && let Some(lost) = self.lost.lock().expect("lost lock").get(input)
+        {
+            lost.send_replace(true);
+        }
     }
 }
