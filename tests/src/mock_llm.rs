@@ -383,3 +383,35 @@ fn answer(
     }))
     .into_response()
 }
+
+/// The react scenario the react tests share: the model saves a note with `file_write`
+/// (answering after `first_delay_ms`), then computes 17 * 23 with `calculator`, then answers
+/// quoting the result: "Saved. The product is {tool}".
+pub fn save_then_compute(first_delay_ms: u64) -> Script {
+    Script {
+        rules: vec![
+            Rule {
+                matches: "Save a note".into(),
+                times: Some(1),
+                delay_ms: first_delay_ms,
+                tool_calls: vec![
+                    json!({"name": "file_write", "arguments": {"path": "notes/otters.txt", "content": "Otters hold hands."}}),
+                ],
+                ..Default::default()
+            },
+            Rule {
+                matches: "\"bytes\"".into(),
+                times: Some(1),
+                tool_calls: vec![
+                    json!({"name": "calculator", "arguments": {"expression": "17 * 23"}}),
+                ],
+                ..Default::default()
+            },
+            Rule {
+                matches: "\"value\"".into(),
+                content: Some("Saved. The product is {tool}".into()),
+                ..Default::default()
+            },
+        ],
+    }
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mofa_tests::dora::{self, Guard};
-use mofa_tests::mock_llm::{MockLlm, Recorded, Rule, Script};
+use mofa_tests::mock_llm::{MockLlm, Recorded, Rule, Script, save_then_compute};
 use mofa_tests::netns::{self, Cluster};
 use serde_json::{Value, json};
 
@@ -176,33 +176,8 @@ fn fast_heartbeats() -> Vec<(&'static str, String)> {
 
 #[test]
 fn react_across_three_machines_calls_tools_on_edge2_and_the_model_on_gpu() {
-    let setup = Setup::new(Script {
-        rules: vec![
-            Rule {
-                matches: "Save a note".into(),
-                times: Some(1),
-                // Time to look at the processes while every node is up.
-                delay_ms: 1500,
-                tool_calls: vec![
-                    json!({"name": "file_write", "arguments": {"path": "notes/otters.txt", "content": "Otters hold hands."}}),
-                ],
-                ..Default::default()
-            },
-            Rule {
-                matches: "\"bytes\"".into(),
-                times: Some(1),
-                tool_calls: vec![
-                    json!({"name": "calculator", "arguments": {"expression": "17 * 23"}}),
-                ],
-                ..Default::default()
-            },
-            Rule {
-                matches: "\"value\"".into(),
-                content: Some("Saved. The product is {tool}".into()),
-                ..Default::default()
-            },
-        ],
-    });
+    // The first answer waits 1.5 s: time to look at the processes while every node is up.
+    let setup = Setup::new(save_then_compute(1500));
     let sandbox = setup.out.path().join("sandbox");
     std::fs::create_dir(&sandbox).unwrap();
     let mut start = setup.start(

@@ -3,37 +3,12 @@
 use std::time::Duration;
 
 use mofa_tests::dora;
-use mofa_tests::mock_llm::{MockLlm, Rule, Script};
-use serde_json::json;
+use mofa_tests::mock_llm::{MockLlm, save_then_compute};
 
 #[test]
 fn the_agent_calls_two_tools_in_turn_and_answers_with_their_results() {
     // The mock plays the model: write a file, then compute, then answer quoting the result.
-    let mock = MockLlm::start(Script {
-        rules: vec![
-            Rule {
-                matches: "Save a note".into(),
-                times: Some(1),
-                tool_calls: vec![
-                    json!({"name": "file_write", "arguments": {"path": "notes/otters.txt", "content": "Otters hold hands."}}),
-                ],
-                ..Default::default()
-            },
-            Rule {
-                matches: "\"bytes\"".into(),
-                times: Some(1),
-                tool_calls: vec![
-                    json!({"name": "calculator", "arguments": {"expression": "17 * 23"}}),
-                ],
-                ..Default::default()
-            },
-            Rule {
-                matches: "\"value\"".into(),
-                content: Some("Saved. The product is {tool}".into()),
-                ..Default::default()
-            },
-        ],
-    });
+    let mock = MockLlm::start(save_then_compute(0));
     let dir = tempfile::tempdir().unwrap();
     let sandbox = dir.path().join("sandbox");
     std::fs::create_dir(&sandbox).unwrap();
