@@ -43,6 +43,9 @@ fn said(task: &Envelope, round: u32, who: &str, text: &str) -> Envelope {
     answer(task, round, who, Kind::Result, text)
 }
 
+// Events are 100 ms apart or more: dora delivers what piles up on different inputs in any
+// order (it balances inputs), and a loaded machine makes things pile up.
+
 /// The questions the moderator sent, in order: (participant, round, content).
 fn questions(sent: &[Sent]) -> Vec<(String, u32, String)> {
     sent.iter()
@@ -91,37 +94,37 @@ fn debaters_speak_in_turn_each_seeing_the_whole_transcript_then_the_judge_decide
         vec![
             envelope(0.0, "task", &task),
             envelope(
-                0.02,
+                0.1,
                 "alice",
                 &said(&task, 1, "alice", "A1 yes, cleaner air"),
             ),
-            envelope(0.04, "bob", &said(&task, 1, "bob", "B1 no, deliveries")),
+            envelope(0.2, "bob", &said(&task, 1, "bob", "B1 no, deliveries")),
             envelope(
-                0.06,
+                0.3,
                 "carol",
                 &said(&task, 1, "carol", "C1 ban downtown only"),
             ),
             envelope(
-                0.08,
+                0.4,
                 "alice",
                 &said(&task, 2, "alice", "A2 deliveries by bike"),
             ),
             envelope(
-                0.10,
+                0.5,
                 "bob",
                 &said(&task, 2, "bob", "B2 bikes cannot carry fridges"),
             ),
             envelope(
-                0.12,
+                0.6,
                 "carol",
                 &said(&task, 2, "carol", "C2 permits for vans"),
             ),
             envelope(
-                0.14,
+                0.7,
                 "judge",
                 &said(&task, 0, "judge", "Carol wins: she met both sides."),
             ),
-            closed(0.2, "task"),
+            closed(1.0, "task"),
         ],
     );
 
@@ -212,17 +215,17 @@ fn a_debater_that_answers_with_an_error_is_absent_from_then_on_with_skip() {
         debate(&["alice", "bob", "carol"], 2, 5000, OnAbsent::Skip),
         vec![
             envelope(0.0, "task", &task),
-            envelope(0.02, "alice", &said(&task, 1, "alice", "A1")),
+            envelope(0.1, "alice", &said(&task, 1, "alice", "A1")),
             envelope(
-                0.04,
+                0.2,
                 "bob_error",
                 &answer(&task, 1, "bob", Kind::Error, "LLM failed: HTTP 500"),
             ),
-            envelope(0.06, "carol", &said(&task, 1, "carol", "C1")),
-            envelope(0.08, "alice", &said(&task, 2, "alice", "A2")),
-            envelope(0.10, "carol", &said(&task, 2, "carol", "C2")),
-            envelope(0.12, "judge", &said(&task, 0, "judge", "spaces")),
-            closed(0.2, "task"),
+            envelope(0.3, "carol", &said(&task, 1, "carol", "C1")),
+            envelope(0.4, "alice", &said(&task, 2, "alice", "A2")),
+            envelope(0.5, "carol", &said(&task, 2, "carol", "C2")),
+            envelope(0.6, "judge", &said(&task, 0, "judge", "spaces")),
+            closed(1.0, "task"),
         ],
     );
     // Bob is not asked again once absent.
@@ -270,17 +273,17 @@ fn a_closed_input_makes_the_debater_absent_at_once_in_this_and_later_debates() {
         debate(&["alice", "bob", "carol"], 1, 60_000, OnAbsent::Skip),
         vec![
             envelope(0.0, "task", &first),
-            envelope(0.02, "alice", &said(&first, 1, "alice", "A1")),
+            envelope(0.1, "alice", &said(&first, 1, "alice", "A1")),
             // Bob's process ends while his turn is open.
-            closed(0.04, "bob"),
-            closed(0.04, "bob_error"),
-            envelope(0.06, "carol", &said(&first, 1, "carol", "C1")),
-            envelope(0.08, "judge", &said(&first, 0, "judge", "carol")),
-            envelope(0.10, "task", &second),
-            envelope(0.12, "alice", &said(&second, 1, "alice", "A1'")),
-            envelope(0.14, "carol", &said(&second, 1, "carol", "C1'")),
-            envelope(0.16, "judge", &said(&second, 0, "judge", "alice")),
-            closed(0.2, "task"),
+            closed(0.2, "bob"),
+            closed(0.2, "bob_error"),
+            envelope(0.3, "carol", &said(&first, 1, "carol", "C1")),
+            envelope(0.4, "judge", &said(&first, 0, "judge", "carol")),
+            envelope(0.5, "task", &second),
+            envelope(0.6, "alice", &said(&second, 1, "alice", "A1'")),
+            envelope(0.7, "carol", &said(&second, 1, "carol", "C1'")),
+            envelope(0.8, "judge", &said(&second, 0, "judge", "alice")),
+            closed(1.0, "task"),
         ],
     );
     assert_eq!(
@@ -305,12 +308,12 @@ fn with_fail_an_absence_ends_the_debate_in_an_error_naming_the_debater() {
         debate(&["alice", "bob", "carol"], 2, 60_000, OnAbsent::Fail),
         vec![
             envelope(0.0, "task", &task),
-            envelope(0.02, "alice", &said(&task, 1, "alice", "A1")),
-            closed(0.04, "bob"),
+            envelope(0.1, "alice", &said(&task, 1, "alice", "A1")),
+            closed(0.2, "bob"),
             // Whatever comes for the failed debate later is reported, not taken.
-            envelope(0.06, "carol", &said(&task, 1, "carol", "C1")),
+            envelope(0.3, "carol", &said(&task, 1, "carol", "C1")),
             // A later debate cannot succeed without bob: it fails before anyone is asked.
-            envelope(0.08, "task", &later),
+            envelope(0.4, "task", &later),
         ],
     );
     assert_eq!(
@@ -387,28 +390,28 @@ fn a_failing_judge_or_a_debate_without_speakers_fails_in_either_mode() {
         debate(&["alice", "bob"], 1, 60_000, OnAbsent::Skip),
         vec![
             envelope(0.0, "task", &judged),
-            envelope(0.02, "alice", &said(&judged, 1, "alice", "A1")),
-            envelope(0.04, "bob", &said(&judged, 1, "bob", "B1")),
+            envelope(0.1, "alice", &said(&judged, 1, "alice", "A1")),
+            envelope(0.2, "bob", &said(&judged, 1, "bob", "B1")),
             envelope(
-                0.06,
+                0.3,
                 "judge_error",
                 &answer(&judged, 0, "judge", Kind::Error, "LLM failed: timeout"),
             ),
-            envelope(0.08, "task", &silent),
+            envelope(0.4, "task", &silent),
             envelope(
-                0.10,
+                0.5,
                 "alice_error",
                 &answer(&silent, 1, "alice", Kind::Error, "boom"),
             ),
             envelope(
-                0.12,
+                0.6,
                 "bob_error",
                 &answer(&silent, 1, "bob", Kind::Error, "boom"),
             ),
             // Without a judge no debate can end well: the next fails before anyone is asked.
-            closed(0.14, "judge"),
-            envelope(0.16, "task", &unjudged),
-            closed(0.2, "task"),
+            closed(0.7, "judge"),
+            envelope(0.8, "task", &unjudged),
+            closed(1.0, "task"),
         ],
     );
     let outcomes = on(&sent, "verdict");
@@ -455,24 +458,24 @@ fn bad_input_becomes_an_error_and_the_debate_goes_on() {
                 Some(serde_json::json!("Float64")),
             ),
             envelope(
-                0.01,
+                0.05,
                 "task",
                 &Envelope::new(Kind::Token, "llm", Role::Assistant, "tok"),
             ),
-            envelope(0.02, "task", &topic("   ", "s0")),
-            envelope(0.03, "task", &task),
+            envelope(0.1, "task", &topic("   ", "s0")),
+            envelope(0.15, "task", &task),
             // An answer to nothing, a result on the wrong debater's input, a stranger.
-            envelope(0.04, "alice", &said(&stray, 1, "alice", "?")),
+            envelope(0.2, "alice", &said(&stray, 1, "alice", "?")),
             envelope(
-                0.05,
+                0.25,
                 "bob",
                 &said(&task, 1, "alice", "not bob's turn to take"),
             ),
-            envelope(0.06, "zed", &said(&task, 1, "zed", "hi")),
-            envelope(0.07, "alice", &said(&task, 1, "alice", "A1")),
-            envelope(0.09, "bob", &said(&task, 1, "bob", "B1")),
-            envelope(0.11, "judge", &said(&task, 0, "judge", "bob")),
-            closed(0.2, "task"),
+            envelope(0.3, "zed", &said(&task, 1, "zed", "hi")),
+            envelope(0.35, "alice", &said(&task, 1, "alice", "A1")),
+            envelope(0.45, "bob", &said(&task, 1, "bob", "B1")),
+            envelope(0.55, "judge", &said(&task, 0, "judge", "bob")),
+            closed(1.0, "task"),
         ],
     );
     let errors: Vec<String> = on(&sent, "error").into_iter().map(|e| e.content).collect();
@@ -501,16 +504,16 @@ fn sessions_debate_concurrently_and_a_second_topic_in_a_session_waits_its_turn()
             envelope(0.0, "task", &b),
             envelope(0.0, "task", &a2),
             // Interleaved answers: b's debate finishes first.
-            envelope(0.02, "alice", &said(&b, 1, "alice", "b-alice")),
-            envelope(0.03, "alice", &said(&a, 1, "alice", "a-alice")),
-            envelope(0.04, "bob", &said(&b, 1, "bob", "b-bob")),
-            envelope(0.05, "judge", &said(&b, 0, "judge", "verdict b")),
-            envelope(0.06, "bob", &said(&a, 1, "bob", "a-bob")),
-            envelope(0.07, "judge", &said(&a, 0, "judge", "verdict a")),
-            envelope(0.08, "alice", &said(&a2, 1, "alice", "a2-alice")),
-            envelope(0.09, "bob", &said(&a2, 1, "bob", "a2-bob")),
-            envelope(0.10, "judge", &said(&a2, 0, "judge", "verdict a2")),
-            closed(0.2, "task"),
+            envelope(0.1, "alice", &said(&b, 1, "alice", "b-alice")),
+            envelope(0.15, "alice", &said(&a, 1, "alice", "a-alice")),
+            envelope(0.2, "bob", &said(&b, 1, "bob", "b-bob")),
+            envelope(0.25, "judge", &said(&b, 0, "judge", "verdict b")),
+            envelope(0.3, "bob", &said(&a, 1, "bob", "a-bob")),
+            envelope(0.35, "judge", &said(&a, 0, "judge", "verdict a")),
+            envelope(0.4, "alice", &said(&a2, 1, "alice", "a2-alice")),
+            envelope(0.45, "bob", &said(&a2, 1, "bob", "a2-bob")),
+            envelope(0.5, "judge", &said(&a2, 0, "judge", "verdict a2")),
+            closed(1.0, "task"),
         ],
     );
     let verdicts = on(&sent, "verdict");
@@ -554,12 +557,12 @@ fn the_moderator_ends_once_task_is_closed_and_the_last_debate_is_over() {
         debate(&["alice", "bob"], 1, 5000, OnAbsent::Skip),
         vec![
             envelope(0.0, "task", &task),
-            closed(0.01, "task"),
-            envelope(0.02, "alice", &said(&task, 1, "alice", "A1")),
-            envelope(0.04, "bob", &said(&task, 1, "bob", "B1")),
-            envelope(0.06, "judge", &said(&task, 0, "judge", "done")),
+            closed(0.05, "task"),
+            envelope(0.1, "alice", &said(&task, 1, "alice", "A1")),
+            envelope(0.2, "bob", &said(&task, 1, "bob", "B1")),
+            envelope(0.3, "judge", &said(&task, 0, "judge", "done")),
             // Were the node still running, this stray answer would be an error.
-            envelope(0.5, "alice", &said(&task, 9, "alice", "stray")),
+            envelope(2.5, "alice", &said(&task, 9, "alice", "stray")),
         ],
     );
     assert_eq!(on(&sent, "verdict")[0].content, "done");
@@ -575,7 +578,7 @@ fn a_debate_cut_short_by_stop_is_answered_with_an_error() {
         vec![
             envelope(0.0, "task", &open),
             envelope(0.0, "task", &queued),
-            envelope(0.02, "alice", &said(&open, 1, "alice", "A1")),
+            envelope(0.1, "alice", &said(&open, 1, "alice", "A1")),
         ],
     );
     let outcomes = on(&sent, "verdict");
@@ -598,13 +601,13 @@ fn with_fail_a_debater_that_ends_after_its_last_turn_is_not_absent() {
         debate(&["alice", "bob", "carol"], 1, 60_000, OnAbsent::Fail),
         vec![
             envelope(0.0, "task", &task),
-            envelope(0.02, "alice", &said(&task, 1, "alice", "A1")),
-            envelope(0.04, "bob", &said(&task, 1, "bob", "B1")),
+            envelope(0.1, "alice", &said(&task, 1, "alice", "A1")),
+            envelope(0.2, "bob", &said(&task, 1, "bob", "B1")),
             // Bob has spoken his only turn; his process ending costs the debate nothing.
-            closed(0.05, "bob"),
-            envelope(0.06, "carol", &said(&task, 1, "carol", "C1")),
-            envelope(0.08, "judge", &said(&task, 0, "judge", "carol")),
-            closed(0.2, "task"),
+            closed(0.25, "bob"),
+            envelope(0.3, "carol", &said(&task, 1, "carol", "C1")),
+            envelope(0.4, "judge", &said(&task, 0, "judge", "carol")),
+            closed(1.0, "task"),
         ],
     );
     let v = &on(&sent, "verdict")[0];
