@@ -12,8 +12,8 @@
 //! /proc/<pid>/status, and the CPU each used in that window (it must be idle), then stops the
 //! run.
 //!
-//! `MOFA_BENCH_PROFILE=debug` measures the debug binaries instead (built by the caller; no
-//! build here), for comparison.
+//! `MOFA_BENCH_PROFILE=debug` measures the debug binaries instead, and `MOFA_BENCH_BIN_DIR`
+//! the binaries in that folder (built by the caller: no build here), for comparison.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -285,7 +285,8 @@ fn main() {
     }
     let profile = std::env::var("MOFA_BENCH_PROFILE").unwrap_or_else(|_| "release".into());
     let root = dora::root();
-    if profile == "release" {
+    let bin_dir_var = std::env::var_os("MOFA_BENCH_BIN_DIR").map(PathBuf::from);
+    if profile == "release" && bin_dir_var.is_none() {
         eprintln!("building release nodes ...");
         let ok = Command::new(env!("CARGO"))
             .args(["build", "--release", "--workspace", "--bins"])
@@ -298,7 +299,7 @@ fn main() {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin_dir = target.join(&profile);
+    let bin_dir = bin_dir_var.unwrap_or_else(|| target.join(&profile));
 
     let scratch = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -373,7 +374,8 @@ fn main() {
     drop(run); // stops dora and the nodes
 
     println!(
-        "every node idle under one `dora run` ({profile} binaries, {} s idle after start)",
+        "every node idle under one `dora run` (binaries in {}, {} s idle after start)",
+        bin_dir.display(),
         IDLE.as_secs()
     );
     println!(
