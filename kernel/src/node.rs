@@ -13,6 +13,13 @@
 //! - `MOFA_TEXT_OUTPUTS`: comma-separated outputs sent as plain Utf8 (each envelope's content)
 //!   instead of envelopes, for a downstream dora-hub node.
 //! - `RUST_LOG`: log filter (default `info`, llama.cpp at `warn`), logs on stderr.
+//! - `MOFA_WORKER_THREADS` (default: tokio's, one per core): worker threads of the node's
+//!   tokio runtime.
+//! - `DORA_NODE_SHM_POOL_SIZE` (dora's own, in bytes): the zenoh shared-memory pool dora opens
+//!   in every node for zenoh-direct outputs. dora's default is 8 MiB, locked in memory from
+//!   start; [`main`] lowers the default to [`SHM_POOL_DEFAULT`] (our dataflows' edges are
+//!   `backpressure`, on dora's daemon path, which does not use the pool; a message that does
+//!   not fit is sent from the heap). A node's `shared_memory_pool_size` in the YAML wins.
 //! - `MOFA_HEARTBEAT_MS` (default 1000; 0: none): across machines, how often a heartbeat goes
 //!   out on each output that a node on another machine takes ([`crate::placement`]).
 //! - `MOFA_PEER_TIMEOUT_MS` (default 10000; 0: never; at least twice `MOFA_HEARTBEAT_MS`): how
@@ -268,9 +275,18 @@ impl Drop for Deadline {
     }
 }
 
+/// The zenoh shared-memory pool of a node when `DORA_NODE_SHM_POOL_SIZE` is not set: 1 MiB
+/// instead of dora's 8 MiB, which every node holds resident from start (see the module doc).
+pub const SHM_POOL_DEFAULT: usize = 1 << 20;
+
 /// Builds the handler from the environment and runs the node until it stops.
 /// A configuration error ends the process with code 2 and a message naming the variable.
 pub fn main<H: Handler>(make: impl FnOnce() -> Result<H, ConfigError>) -> ExitCode {
+    if std::env::var_os("DORA_NODE_SHM_POOL_SIZE").is_none() {
+        // SAFETY: the first thing the node's `main` does: no other thread exists yet that
+        // could read the environment at the same time.
+        unsafe { std::env::set_var("DORA_NODE_SHM_POOL_SIZE", SHM_POOL_DEFAULT.to_string()) };
+    }
     init_logging();
     let handler = match make() {
         Ok(h) => h,
@@ -313,6 +329,19 @@ pub fn init_logging() {
 /// tests). Call it outside any tokio runtime: it makes its own.
 pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Result<(), ConfigError> {
     let stop_timeout = config::millis_or("MOFA_STOP_TIMEOUT_MS", Duration::from_secs(10))?;
+    let workers = match config::optional("MOFA_WORKER_THREADS") {
+        None => None,
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                return Err(ConfigError::invalid(
+                    "MOFA_WORKER_THREADS",
+                    v,
+                    "expected a number of threads, at least 1",
+                ));
+            }
+        },
+    };
     let text_outputs: HashSet<String> = config::optional("MOFA_TEXT_OUTPUTS")
         .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
         .unwrap_or_default();
@@ -376,10 +405,11 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
             exit: Notify::new(),
         }),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.enable_all().build().expect("tokio runtime");
     let events = runtime.block_on(event_loop(ctx, events, handler, stop_timeout, watch));
     drop(runtime);
     let _ = out_tx.send(Outgoing::Close);
