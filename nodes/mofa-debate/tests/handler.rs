@@ -62,6 +62,17 @@ fn who_was_asked(sent: &[Sent]) -> Vec<String> {
     questions(sent).into_iter().map(|(w, _, _)| w).collect()
 }
 
+/// The debaters asked in `round`, sorted.
+fn asked_in_round(sent: &[Sent], round: u32) -> Vec<String> {
+    let mut who: Vec<String> = questions(sent)
+        .into_iter()
+        .filter(|(w, r, _)| *r == round && w != "judge")
+        .map(|(w, _, _)| w)
+        .collect();
+    who.sort();
+    who
+}
+
 fn payload(e: &Envelope) -> Value {
     e.payload_json().unwrap()
 }
@@ -228,16 +239,17 @@ fn a_debater_that_answers_with_an_error_is_absent_from_then_on_with_skip() {
             closed(1.0, "task"),
         ],
     );
-    // Bob is not asked again once absent.
-    assert_eq!(
-        who_was_asked(&sent),
-        ["alice", "bob", "carol", "alice", "carol", "judge"]
-    );
+    // Bob is not asked again once absent. (Who was asked in each round: the order of sends
+    // on different outputs is not kept by dora's test output.)
+    assert_eq!(asked_in_round(&sent, 1), ["alice", "bob", "carol"]);
+    assert_eq!(asked_in_round(&sent, 2), ["alice", "carol"]);
     let qs = questions(&sent);
+    assert_eq!(qs.last().unwrap().0, "judge");
+    let carol_1 = qs.iter().find(|q| q.0 == "carol" && q.1 == 1).unwrap();
     assert!(
-        qs[2].2.contains(&format!("[round 1] bob: {ABSENT}")),
+        carol_1.2.contains(&format!("[round 1] bob: {ABSENT}")),
         "{}",
-        qs[2].2
+        carol_1.2
     );
     let p = payload(&on(&sent, "verdict")[0]);
     assert_eq!(
@@ -261,8 +273,11 @@ fn a_debater_that_answers_with_an_error_is_absent_from_then_on_with_skip() {
     // The absent turns are published too, marked.
     let turns = on(&sent, "turn");
     assert_eq!(turns.len(), 6);
-    assert_eq!(payload(&turns[4])["absent"], true);
-    assert_eq!(turns[4].sender, "bob");
+    let bob_2 = turns
+        .iter()
+        .find(|t| t.sender == "bob" && t.round == 2)
+        .unwrap();
+    assert_eq!(payload(bob_2)["absent"], true);
 }
 
 #[test]
@@ -286,9 +301,14 @@ fn a_closed_input_makes_the_debater_absent_at_once_in_this_and_later_debates() {
             closed(1.0, "task"),
         ],
     );
+    // Bob is asked in the first debate only (counted: the order of sends on different outputs
+    // is not kept by dora's test output).
+    let asked = who_was_asked(&sent);
+    let times = |who: &str| asked.iter().filter(|w| *w == who).count();
     assert_eq!(
-        who_was_asked(&sent),
-        ["alice", "bob", "carol", "judge", "alice", "carol", "judge"]
+        [times("alice"), times("bob"), times("carol"), times("judge")],
+        [2, 1, 2, 2],
+        "{asked:?}"
     );
     let verdicts = on(&sent, "verdict");
     assert_eq!(verdicts.len(), 2);
