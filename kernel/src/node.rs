@@ -329,19 +329,9 @@ pub fn init_logging() {
 /// tests). Call it outside any tokio runtime: it makes its own.
 pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Result<(), ConfigError> {
     let stop_timeout = config::millis_or("MOFA_STOP_TIMEOUT_MS", Duration::from_secs(10))?;
-    let workers = match config::optional("MOFA_WORKER_THREADS") {
-        None => None,
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n >= 1 => Some(n),
-            _ => {
-                return Err(ConfigError::invalid(
-                    "MOFA_WORKER_THREADS",
-                    v,
-                    "expected a number of threads, at least 1",
-                ));
-            }
-        },
-    };
+    let workers = config::optional("MOFA_WORKER_THREADS")
+        .map(|_| config::parse_or("MOFA_WORKER_THREADS", std::num::NonZeroUsize::MIN))
+        .transpose()?;
     let text_outputs: HashSet<String> = config::optional("MOFA_TEXT_OUTPUTS")
         .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
         .unwrap_or_default();
@@ -407,7 +397,7 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
-        runtime.worker_threads(n);
+        runtime.worker_threads(n.get());
     }
     let runtime = runtime.enable_all().build().expect("tokio runtime");
     let events = runtime.block_on(event_loop(ctx, events, handler, stop_timeout, watch));

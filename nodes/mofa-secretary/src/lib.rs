@@ -145,6 +145,8 @@ pub fn parse_executors(raw: &str) -> Result<Vec<Executor>, ConfigError> {
     Ok(executors)
 }
 
+/// Cheap to clone: clones share the node's state (a session's task holds one).
+#[derive(Clone)]
 pub struct Secretary {
     cfg: Arc<Config>,
     calls: Arc<Calls>,
@@ -186,7 +188,7 @@ impl Secretary {
             calls: self.calls.clone(),
             idea: idea.clone(),
         };
-        let this = self.clone_handle();
+        let this = self.clone();
         ctx.spawn(idea, async move {
             let outcome = run.session().await;
             if outcome.is_err() {
@@ -203,16 +205,6 @@ impl Secretary {
             this.exit_when_done(&run.ctx);
             outcome
         });
-    }
-
-    fn clone_handle(&self) -> Secretary {
-        Secretary {
-            cfg: self.cfg.clone(),
-            calls: self.calls.clone(),
-            running: self.running.clone(),
-            idea_closed: self.idea_closed.clone(),
-            resumed: self.resumed.clone(),
-        }
     }
 
     fn exit_when_done(&self, ctx: &Ctx) {
@@ -234,7 +226,7 @@ impl Secretary {
             calls: self.calls.clone(),
             idea: cause.clone(),
         };
-        let this = self.clone_handle();
+        let this = self.clone();
         let ctx2 = ctx.clone();
         ctx.spawn(cause, async move {
             let listed = lister
