@@ -7,8 +7,10 @@
 //! - [`config`]: reading a node's configuration from its environment.
 //! - [`queue`]: the priority queue where work waits for a free slot.
 //! - [`calls`]: awaiting the answer to a request by `reply_to`.
+//! - [`watch`]: files edited while a node runs, read once a save has finished.
 //! - `script` (feature `script`): the one Rhai set-up for nodes that run scripts.
 //! - `rules` (feature `script`): the rule engine (YAML rules with Rhai conditions) on it.
+//! - `wasm` (feature `wasm`): the WASM plugin host (wasmtime, limits, integrity, hot swap).
 
 pub mod calls;
 pub mod config;
@@ -23,6 +25,9 @@ pub mod rules;
 #[cfg(feature = "script")]
 pub mod script;
 pub mod tool;
+#[cfg(feature = "wasm")]
+pub mod wasm;
+pub mod watch;
 
 pub use envelope::{Envelope, Kind, Priority, Role};
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use mofa_tests::dora;
 
 /// Node binaries and the variable each requires (None: it starts with an empty environment).
-const NODES: [(&str, Option<&str>); 13] = [
+const NODES: [(&str, Option<&str>); 14] = [
     ("mofa-source", Some("MOFA_TASK")),
     ("mofa-script", Some("MOFA_SCRIPT")),
     ("mofa-secretary", Some("MOFA_EXECUTORS")),
@@ -16,6 +16,7 @@ const NODES: [(&str, Option<&str>); 13] = [
     ("mofa-aggregate", Some("MOFA_MEMBERS")),
     ("mofa-debate", Some("MOFA_DEBATERS")),
     ("mofa-consensus", Some("MOFA_MEMBERS")),
+    ("mofa-wasm", Some("MOFA_PLUGINS_DIR")),
     ("mofa-agent", None),
     ("mofa-tools", None),
     ("mofa-sink", None),

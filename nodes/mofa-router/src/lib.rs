@@ -33,8 +33,9 @@ use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse};
 use mofa_kernel::node::{Ctx, Deadline, Failure, Handler};
 use mofa_kernel::rules::{RuleError, RuleSet};
-use mofa_kernel::script::{FileStamp, Limits, ScriptEngine, file_stamp};
+use mofa_kernel::script::{Limits, ScriptEngine};
 use mofa_kernel::tool::ToolSpec;
+use mofa_kernel::watch::{FileStamp, file_stamp};
 use mofa_kernel::{Envelope, Kind, Role};
 use serde_json::{Value, json};
 

@@ -28,9 +28,8 @@ use async_trait::async_trait;
 use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::node::{Ctx, Failure, Handler};
 use mofa_kernel::rules::RuleSet;
-use mofa_kernel::script::{
-    FileStamp, Limits, ScriptEngine, ScriptError, content_hash, file_stamp, read_settled,
-};
+use mofa_kernel::script::{Limits, ScriptEngine, ScriptError, content_hash};
+use mofa_kernel::watch::{FileStamp, file_stamp, read_settled};
 use mofa_kernel::{Envelope, Kind, Priority, Role};
 use serde_json::{Value, json};
 

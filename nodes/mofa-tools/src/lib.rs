@@ -15,7 +15,12 @@
 //! [`rhai_tools`]; none by default), with the script limits of `mofa_kernel::script::Limits`
 //! (MOFA_SCRIPT_TIMEOUT_MS, MOFA_SCRIPT_MAX_OPERATIONS, ...).
 //!
-//! The Rhai folder is watched while the node runs: new and changed files are (re)loaded, removed
+//! MOFA_PLUGINS_DIR (a folder of WASM plugin folders: its tool plugins join the catalog, see
+//! [`wasm_tools`]), with MOFA_PLUGINS (which plugins and versions, `name@semver-req,...`) and the
+//! plugin limits MOFA_WASM_FUEL, MOFA_WASM_MEMORY_MB, MOFA_WASM_TIMEOUT_MS. Built without the
+//! `wasm` feature (for a smaller binary) the node has no WASM engine and refuses the variable.
+//!
+//! Both folders are watched while the node runs: new and changed files are (re)loaded, removed
 //! ones unloaded, and the catalog is published again on each change. A file that does not load
 //! is reported on `error`; an older version of it keeps serving.
 
@@ -23,6 +28,8 @@ pub mod builtin;
 pub mod mcp;
 pub mod registry;
 pub mod rhai_tools;
+#[cfg(feature = "wasm")]
+pub mod wasm_tools;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -46,7 +53,7 @@ pub struct ToolsNode {
     mcp_servers: Vec<mcp::ServerConfig>,
     mcp_connect_timeout: Duration,
     mcp_clients: Mutex<Vec<Arc<mcp::Client>>>,
-    tools_dir: Option<Arc<ToolsDir>>,
+    watched: Watched,
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -57,7 +64,7 @@ impl ToolsNode {
             mcp_servers: Vec::new(),
             mcp_connect_timeout: Duration::from_secs(30),
             mcp_clients: Default::default(),
-            tools_dir: None,
+            watched: Watched::default(),
             watcher: Mutex::default(),
         }
     }
@@ -65,31 +72,17 @@ impl ToolsNode {
     /// Rhai tools from `dir` (see [`rhai_tools`]), loaded at start and kept in step with the
     /// folder while the node runs.
     pub fn with_tools_dir(mut self, dir: PathBuf, engine: Arc<ScriptEngine>) -> Self {
-        self.tools_dir = Some(Arc::new(ToolsDir::new(dir, engine, self.registry.clone())));
+        self.watched.rhai = Some(Arc::new(ToolsDir::new(dir, engine, self.registry.clone())));
         self
     }
 
-    /// Looks at the Rhai folder once; reports what did not load on `error`. True if the
-    /// catalog changed.
-    async fn rescan(ctx: &Ctx, dir: &Arc<ToolsDir>) -> bool {
-        let d = dir.clone();
-        let scan = match tokio::task::spawn_blocking(move || d.scan()).await {
-            Ok(scan) => scan,
-            Err(e) => rhai_tools::Scan {
-                changed: false,
-                errors: vec![format!("{}: the scan failed: {e}", dir.dir().display())],
-            },
-        };
-        for e in scan.errors {
-            let cause = Envelope::new(
-                Kind::Control,
-                ctx.node_id(),
-                mofa_kernel::Role::System,
-                "rhai tools",
-            );
-            ctx.fail(&cause, Failure::new(e));
-        }
-        scan.changed
+    /// Tool plugins from a folder of WASM plugin folders (see [`wasm_tools`]), loaded at start
+    /// and kept in step with the folder while the node runs.
+    #[cfg(feature = "wasm")]
+    pub fn with_plugins_dir(mut self, plugins: mofa_kernel::wasm::PluginsDir) -> Self {
+        let tools = wasm_tools::WasmTools::new(plugins, self.registry.clone());
+        self.watched.wasm = Some(Arc::new(tools));
+        self
     }
 
     /// MCP servers to connect to at start; their tools join the catalog.
@@ -183,8 +176,38 @@ impl ToolsNode {
             let engine = Arc::new(ScriptEngine::new(Limits::from_env()?));
             node = node.with_tools_dir(dir.into(), engine);
         }
+        if let Some(dir) = config::optional("MOFA_PLUGINS_DIR") {
+            node = with_plugins_from_env(node, dir)?;
+        }
         Ok(node)
     }
+}
+
+#[cfg(feature = "wasm")]
+fn with_plugins_from_env(node: ToolsNode, dir: String) -> Result<ToolsNode, ConfigError> {
+    use mofa_kernel::wasm::{Limits, PluginsDir, Wanted};
+    if !Path::new(&dir).is_dir() {
+        return Err(ConfigError::invalid(
+            "MOFA_PLUGINS_DIR",
+            dir,
+            "not a folder (of plugin folders, each with a plugin.toml)",
+        ));
+    }
+    let wanted = match config::optional("MOFA_PLUGINS") {
+        Some(v) => Wanted::parse(&v).map_err(|e| ConfigError::invalid("MOFA_PLUGINS", v, e))?,
+        None => Wanted::default(),
+    };
+    let plugins = PluginsDir::new(dir.into(), Limits::from_env()?, wanted);
+    Ok(node.with_plugins_dir(plugins))
+}
+
+#[cfg(not(feature = "wasm"))]
+fn with_plugins_from_env(_node: ToolsNode, dir: String) -> Result<ToolsNode, ConfigError> {
+    Err(ConfigError::invalid(
+        "MOFA_PLUGINS_DIR",
+        dir,
+        "this mofa-tools is built without the `wasm` feature (no WASM engine)",
+    ))
 }
 
 #[async_trait]
@@ -224,19 +247,18 @@ impl Handler for ToolsNode {
                 }
             }
         }
-        if let Some(dir) = &self.tools_dir {
-            Self::rescan(ctx, dir).await;
-        }
+        self.watched.rescan(ctx).await;
         publish_catalog(ctx, &self.registry);
-        if let Some(dir) = self.tools_dir.clone() {
-            let (ctx, registry) = (ctx.clone(), self.registry.clone());
+        if self.watched.any() {
+            let (ctx, watched, registry) =
+                (ctx.clone(), self.watched.clone(), self.registry.clone());
             // Not in-flight work (Ctx::spawn): it never ends, so stop aborts it instead.
             let watch = tokio::spawn(async move {
                 let mut tick = tokio::time::interval(WATCH_EVERY);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    if Self::rescan(&ctx, &dir).await {
+                    if watched.rescan(&ctx).await {
                         publish_catalog(&ctx, &registry);
                     }
                 }
@@ -295,6 +317,66 @@ impl Handler for ToolsNode {
             client.cancellation_token().cancel();
         }
     }
+}
+
+/// The folders whose tools the node keeps in step with the registry.
+#[derive(Clone, Default)]
+struct Watched {
+    rhai: Option<Arc<ToolsDir>>,
+    #[cfg(feature = "wasm")]
+    wasm: Option<Arc<wasm_tools::WasmTools>>,
+}
+
+impl Watched {
+    fn any(&self) -> bool {
+        #[cfg(feature = "wasm")]
+        if self.wasm.is_some() {
+            return true;
+        }
+        self.rhai.is_some()
+    }
+
+    /// Looks at each folder once; reports what did not load on `error`. True if the catalog
+    /// changed.
+    async fn rescan(&self, ctx: &Ctx) -> bool {
+        let mut changed = false;
+        if let Some(dir) = self.rhai.clone() {
+            let what = dir.dir().display().to_string();
+            changed |= report_scan(ctx, "rhai tools", &what, move || dir.scan()).await;
+        }
+        #[cfg(feature = "wasm")]
+        if let Some(tools) = self.wasm.clone() {
+            let what = tools.plugins().dir().display().to_string();
+            changed |= report_scan(ctx, "wasm tools", &what, move || tools.scan()).await;
+        }
+        changed
+    }
+}
+
+/// Runs one folder's scan on a blocking thread and sends what did not load on `error`.
+async fn report_scan(
+    ctx: &Ctx,
+    label: &str,
+    dir: &str,
+    scan: impl FnOnce() -> rhai_tools::Scan + Send + 'static,
+) -> bool {
+    let scan = match tokio::task::spawn_blocking(scan).await {
+        Ok(scan) => scan,
+        Err(e) => rhai_tools::Scan {
+            changed: false,
+            errors: vec![format!("{dir}: the scan failed: {e}")],
+        },
+    };
+    for e in scan.errors {
+        let cause = Envelope::new(
+            Kind::Control,
+            ctx.node_id(),
+            mofa_kernel::Role::System,
+            label,
+        );
+        ctx.fail(&cause, Failure::new(e));
+    }
+    scan.changed
 }
 
 /// Sends the catalog (every tool's spec) on `catalog`.

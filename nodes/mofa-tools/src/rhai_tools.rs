@@ -30,8 +30,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use mofa_kernel::script::{self, AST, ScriptEngine};
+use mofa_kernel::script::{AST, ScriptEngine};
 use mofa_kernel::tool::{Tool, ToolError, ToolSpec};
+use mofa_kernel::watch;
 use serde_json::{Map, Value, json};
 
 use crate::registry::Registry;
@@ -319,7 +320,7 @@ impl ToolsDir {
             Ok(entries) => {
                 for path in entries.flatten().map(|e| e.path()) {
                     if path.extension().is_some_and(|x| x == "rhai") && path.is_file() {
-                        match script::read_settled(&path) {
+                        match watch::read_settled(&path) {
                             Ok(Some((_, s))) => {
                                 now.insert(path, s);
                             }

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use mofa_kernel::llm::ToolCall;
 use mofa_kernel::node::{Ctx, Failure, Handler};
-use mofa_kernel::script::{self, Limits, ScriptEngine};
+use mofa_kernel::script::{Limits, ScriptEngine};
 use mofa_kernel::tool::{self as wire, ToolError};
+use mofa_kernel::watch;
 use mofa_kernel::{Envelope, Kind};
 use mofa_tests::harness::{self, envelope, on};
 use mofa_tools::builtin::calculator::Calculator;
@@ -30,12 +31,12 @@ fn shipped(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Saves a file as if a moment ago (past `script::SETTLE`), so the next scan takes it.
+/// Saves a file as if a moment ago (past `watch::SETTLE`), so the next scan takes it.
 fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
     let p = dir.join(file);
     std::fs::write(&p, text).unwrap();
     let f = std::fs::File::options().write(true).open(&p).unwrap();
-    f.set_modified(std::time::SystemTime::now() - 2 * script::SETTLE)
+    f.set_modified(std::time::SystemTime::now() - 2 * watch::SETTLE)
         .unwrap();
     p
 }
