@@ -6,7 +6,9 @@
 //!   `mofa_handle(ptr: i32, len: i32) -> i64` (the output's pointer in the high 32 bits, its
 //!   length in the low), and optionally `mofa_free(ptr: i32, len: i32)`;
 //! - the output starts with a status byte: 0 and the answer, or 1 and an error message (UTF-8);
-//! - imports nothing but `mofa.log(level, ptr, len)` and `mofa.now_ms() -> i64`.
+//! - imports nothing but `mofa.log(level, ptr, len)` and `mofa.now_ms() -> i64`, and WASI
+//!   preview 1 only when its manifest asks for `fs` and the operator grants it a folder
+//!   ([`Grants`], MOFA_WASM_GRANT), which it then sees as `/data` and nothing else.
 //!
 //! A plugin is a folder with a `plugin.toml` manifest ([`Manifest`]) beside its module. The
 //! host refuses a module whose sha256 differs from the manifest's, one built for another ABI,
@@ -40,6 +42,16 @@ pub const ABI: Version = Version::new(1, 0, 0);
 
 /// The host functions a module may import (module `mofa`), and the capability each is.
 const HOST_FUNCTIONS: [(&str, &str); 2] = [("log", "log"), ("now_ms", "clock")];
+
+/// The capabilities a manifest may ask for. `log` and `clock` are granted to every plugin;
+/// `fs` only by the operator (MOFA_WASM_GRANT).
+const CAPABILITIES: [&str; 3] = ["log", "clock", "fs"];
+
+/// Where a granted folder appears inside the plugin.
+pub const GUEST_DIR: &str = "/data";
+
+/// The WASI module a granted plugin may import.
+const WASI_MODULE: &str = "wasi_snapshot_preview1";
 
 /// How often the deadline clock ticks: a deadline is kept to within one tick.
 const TICK: Duration = Duration::from_millis(5);
@@ -209,10 +221,10 @@ impl Manifest {
             return Err(format!("sha256 {:?} is not 64 hex digits", m.sha256));
         }
         for cap in &m.capabilities {
-            if !HOST_FUNCTIONS.iter().any(|(_, c)| c == cap) {
+            if !CAPABILITIES.contains(&cap.as_str()) {
                 return Err(format!(
-                    "asks for capability `{cap}`; this host grants only `log` and `clock` \
-                     (no file system, network or environment)"
+                    "asks for capability `{cap}`; this host offers `log` and `clock`, and `fs` \
+                     (one folder) where the operator grants it: no network or environment"
                 ));
             }
         }
@@ -265,9 +277,64 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// A folder the operator lets one plugin use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub dir: PathBuf,
+    pub write: bool,
+}
+
+/// What the operator grants beyond `log` and `clock`, per plugin: MOFA_WASM_GRANT, e.g.
+/// `reader=fs:/srv/docs;notes=fs-rw:/var/notes` (`fs` read-only, `fs-rw` read and write). A
+/// plugin gets a folder only if its manifest also asks for `fs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants(BTreeMap<String, Grant>);
+
+impl Grants {
+    pub fn parse(text: &str) -> Result<Grants, String> {
+        let mut grants = BTreeMap::new();
+        for item in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, what) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item}: expected plugin=fs:/folder"))?;
+            let (kind, dir) = what
+                .split_once(':')
+                .ok_or_else(|| format!("{item}: expected plugin=fs:/folder"))?;
+            let write = match kind {
+                "fs" => false,
+                "fs-rw" => true,
+                other => {
+                    return Err(format!(
+                        "{item}: `{other}` cannot be granted (only fs and fs-rw)"
+                    ));
+                }
+            };
+            let dir = PathBuf::from(dir);
+            if !dir.is_dir() {
+                return Err(format!("{item}: {} is not a folder", dir.display()));
+            }
+            grants.insert(name.trim().to_owned(), Grant { dir, write });
+        }
+        Ok(Grants(grants))
+    }
+
+    pub fn from_env() -> Result<Grants, ConfigError> {
+        match config::optional("MOFA_WASM_GRANT") {
+            Some(v) => Grants::parse(&v).map_err(|e| ConfigError::invalid("MOFA_WASM_GRANT", v, e)),
+            None => Ok(Grants::default()),
+        }
+    }
+
+    pub fn get(&self, plugin: &str) -> Option<&Grant> {
+        self.0.get(plugin)
+    }
+}
+
 /// What a plugin's store holds: who it is (for its logs) and how much memory it may have.
 struct HostState {
     plugin: String,
+    /// WASI, for a plugin granted a folder.
+    wasi: Option<wasmtime_wasi::p1::WasiP1Ctx>,
     memory_limit: usize,
     /// Set when the plugin asked for more memory than its limit.
     refused_growth: Option<usize>,
@@ -324,6 +391,8 @@ pub struct WasmPlugin {
     meta: PluginMetadata,
     dir: PathBuf,
     limits: Limits,
+    /// The folder the operator granted, if the manifest asked for one.
+    fs: Option<Grant>,
     pre: InstancePre<HostState>,
     idle: Mutex<Vec<Warm>>,
     health: Mutex<Health>,
@@ -331,8 +400,17 @@ pub struct WasmPlugin {
 
 impl WasmPlugin {
     /// Reads the manifest in `dir`, checks the module against it and compiles it, then makes
-    /// one instance to check the ABI version. `limits` are the host's.
+    /// one instance to check the ABI version. `limits` are the host's; no grants.
     pub fn load(dir: &Path, limits: Limits) -> Result<WasmPlugin, PluginError> {
+        Self::load_granted(dir, limits, &Grants::default())
+    }
+
+    /// [`load`](Self::load) with what the operator grants.
+    pub fn load_granted(
+        dir: &Path,
+        limits: Limits,
+        grants: &Grants,
+    ) -> Result<WasmPlugin, PluginError> {
         let manifest = Manifest::read(dir).map_err(|reason| PluginError::Load {
             name: dir_name(dir),
             reason,
@@ -342,7 +420,7 @@ impl WasmPlugin {
             name: manifest.name.clone(),
             reason: format!("{}: cannot read: {e}", path.display()),
         })?;
-        Self::from_parts(dir, manifest, &bytes, limits)
+        Self::from_parts(dir, manifest, &bytes, limits, grants)
     }
 
     fn from_parts(
@@ -350,6 +428,7 @@ impl WasmPlugin {
         manifest: Manifest,
         bytes: &[u8],
         limits: Limits,
+        grants: &Grants,
     ) -> Result<WasmPlugin, PluginError> {
         let name = manifest.name.clone();
         let load_err = |reason: String| PluginError::Load {
@@ -364,15 +443,29 @@ impl WasmPlugin {
                 found,
             });
         }
+        let fs = match (
+            manifest.capabilities.iter().any(|c| c == "fs"),
+            grants.get(&name),
+        ) {
+            (true, Some(g)) => Some(g.clone()),
+            (true, None) => {
+                return Err(load_err(format!(
+                    "asks for capability `fs`, which the operator has not granted \
+                     (MOFA_WASM_GRANT={name}=fs:/some/folder)"
+                )));
+            }
+            (false, _) => None,
+        };
         let module = Module::new(engine(), bytes)
             .map_err(|e| load_err(format!("{}: not a valid module: {e:#}", manifest.module)))?;
         for import in module.imports() {
-            let offered = import.module() == "mofa"
-                && HOST_FUNCTIONS.iter().any(|(f, _)| *f == import.name());
+            let offered = (import.module() == "mofa"
+                && HOST_FUNCTIONS.iter().any(|(f, _)| *f == import.name()))
+                || (import.module() == WASI_MODULE && fs.is_some());
             if !offered {
                 return Err(load_err(format!(
-                    "imports `{}.{}`, which this host does not offer (only mofa.log and \
-                     mofa.now_ms)",
+                    "imports `{}.{}`, which this host does not offer (mofa.log and mofa.now_ms; \
+                     WASI only to a plugin that asks for `fs` and is granted a folder)",
                     import.module(),
                     import.name()
                 )));
@@ -383,6 +476,12 @@ impl WasmPlugin {
             .func_wrap("mofa", "log", host_log)
             .and_then(|l| l.func_wrap("mofa", "now_ms", envelope::now_ms))
             .map_err(|e| load_err(format!("host functions: {e:#}")))?;
+        if fs.is_some() {
+            wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut HostState| {
+                s.wasi.as_mut().expect("a granted plugin's store has WASI")
+            })
+            .map_err(|e| load_err(format!("WASI: {e:#}")))?;
+        }
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| load_err(format!("{e:#}")))?;
@@ -392,6 +491,7 @@ impl WasmPlugin {
             manifest,
             dir: dir.to_owned(),
             limits,
+            fs,
             pre,
             idle: Mutex::default(),
             health: Mutex::new(Health::Ready),
@@ -427,10 +527,28 @@ impl WasmPlugin {
             name: name.clone(),
             reason,
         };
+        let wasi = match &self.fs {
+            None => None,
+            Some(g) => {
+                use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+                let perms = if g.write {
+                    FsPerms::ReadWrite
+                } else {
+                    FsPerms::ReadOnly
+                };
+                // Nothing else of the host: no environment, arguments or standard streams.
+                let mut b = WasiCtxBuilder::new();
+                b.preopened_dir(&g.dir, GUEST_DIR, perms).map_err(|e| {
+                    load_err(format!("the granted folder {}: {e:#}", g.dir.display()))
+                })?;
+                Some(b.build_p1())
+            }
+        };
         let mut store = Store::new(
             engine(),
             HostState {
                 plugin: name.clone(),
+                wasi,
                 memory_limit: self.limits.memory,
                 refused_growth: None,
             },
@@ -469,6 +587,11 @@ impl WasmPlugin {
                     .map_err(|e| export("`mofa_free(i32, i32)`", e))?,
             ),
         };
+        // A WASI reactor (a C plugin built with `-mexec-model=reactor`) sets itself up here.
+        if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+            init.call(&mut store, ())
+                .map_err(|e| load_err(format!("_initialize(): {}", self.explain(&store, &e))))?;
+        }
         let speaks = version
             .call(&mut store, ())
             .map_err(|e| load_err(format!("mofa_abi_version(): {}", self.explain(&store, &e))))?;
@@ -832,6 +955,7 @@ pub struct PluginsDir {
     dir: PathBuf,
     limits: Limits,
     wanted: Wanted,
+    grants: Grants,
     seen: Mutex<BTreeMap<PathBuf, SeenDir>>,
     loaded: Mutex<BTreeMap<String, Arc<WasmPlugin>>>,
 }
@@ -842,9 +966,16 @@ impl PluginsDir {
             dir,
             limits,
             wanted,
+            grants: Grants::default(),
             seen: Mutex::default(),
             loaded: Mutex::default(),
         }
+    }
+
+    /// What the operator grants beyond `log` and `clock`.
+    pub fn with_grants(mut self, grants: Grants) -> Self {
+        self.grants = grants;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -944,7 +1075,7 @@ impl PluginsDir {
                     ));
                 }
                 let bytes = &module.as_ref().expect("read with the manifest").1;
-                WasmPlugin::from_parts(&path, m, bytes, self.limits)
+                WasmPlugin::from_parts(&path, m, bytes, self.limits, &self.grants)
                     .map(|p| Some(Arc::new(p)))
                     .map_err(|e| e.to_string())
             });
@@ -1016,9 +1147,9 @@ mod tests {
         assert!(
             bad(
                 "kind = \"tool\"",
-                "kind = \"tool\"\ncapabilities = [\"fs\"]"
+                "kind = \"tool\"\ncapabilities = [\"net\"]"
             )
-            .contains("`fs`")
+            .contains("no network")
         );
         assert!(bad("[tool]", "[tool]\nextra = 1").contains("unknown field"));
         assert!(bad("name = \"echo\"", "name = \"e cho\"").contains("letters, digits"));

@@ -340,7 +340,10 @@ fn modules_that_fail_the_checks_are_refused_with_the_reason() {
     .err()
     .unwrap()
     .to_string();
-    assert!(e.contains("asks for capability `fs`"), "{e}");
+    assert!(
+        e.contains("asks for capability `fs`, which the operator has not granted"),
+        "{e}"
+    );
 
     // Not WASM at all.
     let e = load(&plugin_dir(

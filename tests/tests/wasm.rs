@@ -302,3 +302,76 @@ fn a_plugin_rebuilt_while_the_dataflow_runs_serves_the_next_message() {
     assert!(swapped, "{lines:#?}");
     assert!(!lines.iter().any(|l| l["input"] == "error"), "{lines:#?}");
 }
+
+#[test]
+fn a_plugin_gets_files_only_from_the_folder_the_operator_grants() {
+    let t = tempfile::tempdir().unwrap();
+    let plugin = t.path().join("reader");
+    std::fs::create_dir(&plugin).unwrap();
+    let fixture = dora::root().join("tests/fixtures/plugins/reader");
+    for f in ["plugin.toml", "reader.c"] {
+        std::fs::copy(fixture.join(f), plugin.join(f)).unwrap();
+    }
+    let out = mofa_plugin().arg("build").arg(&plugin).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let granted = t.path().join("granted");
+    std::fs::create_dir(&granted).unwrap();
+    std::fs::write(granted.join("note.txt"), "first \"line\"\n").unwrap();
+    std::fs::write(t.path().join("secret.txt"), "not for plugins").unwrap();
+    let call = |grant: Option<String>, args: Value| {
+        let mut cmd = mofa_plugin();
+        cmd.arg("call").arg(&plugin).arg(args.to_string());
+        match grant {
+            Some(g) => cmd.env("MOFA_WASM_GRANT", g),
+            None => cmd.env_remove("MOFA_WASM_GRANT"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ro = Some(format!("reader=fs:{}", granted.display()));
+    let rw = Some(format!("reader=fs-rw:{}", granted.display()));
+
+    // The manifest asks for `fs`; without a grant the plugin is refused at load.
+    let (ok, _, err) = call(None, json!({"file": "note.txt"}));
+    assert!(
+        !ok && err.contains("asks for capability `fs`, which the operator has not granted"),
+        "{err}"
+    );
+    // Granted read-only: it reads the folder, not beyond it, and cannot write.
+    let (ok, said, err) = call(ro.clone(), json!({"file": "note.txt"}));
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&said).unwrap(),
+        json!({"text": "first \"line\"\n"})
+    );
+    let (ok, _, err) = call(ro.clone(), json!({"file": "../secret.txt"}));
+    assert!(
+        !ok && err.contains("cannot open /data/../secret.txt"),
+        "{err}"
+    );
+    let (ok, _, err) = call(ro, json!({"file": "note.txt", "append": "more"}));
+    assert!(!ok && err.contains("cannot write"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(granted.join("note.txt")).unwrap(),
+        "first \"line\"\n"
+    );
+    // Granted read-write: it can.
+    let (ok, said, err) = call(rw, json!({"file": "note.txt", "append": "more"}));
+    assert!(ok, "{err}");
+    assert!(said.contains("more"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(granted.join("note.txt")).unwrap(),
+        "first \"line\"\nmore"
+    );
+    // A grant for what cannot be granted is refused.
+    let (ok, _, err) = call(Some("reader=net:example.org".into()), json!({"file": "x"}));
+    assert!(!ok && err.contains("cannot be granted"), "{err}");
+}

@@ -17,7 +17,8 @@
 //!
 //! MOFA_PLUGINS_DIR (a folder of WASM plugin folders: its tool plugins join the catalog, see
 //! [`wasm_tools`]), with MOFA_PLUGINS (which plugins and versions, `name@semver-req,...`) and the
-//! plugin limits MOFA_WASM_FUEL, MOFA_WASM_MEMORY_MB, MOFA_WASM_TIMEOUT_MS. Built without the
+//! plugin limits MOFA_WASM_FUEL, MOFA_WASM_MEMORY_MB, MOFA_WASM_TIMEOUT_MS and grants
+//! MOFA_WASM_GRANT. Built without the
 //! `wasm` feature (for a smaller binary) the node has no WASM engine and refuses the variable.
 //!
 //! Both folders are watched while the node runs: new and changed files are (re)loaded, removed
@@ -185,7 +186,7 @@ impl ToolsNode {
 
 #[cfg(feature = "wasm")]
 fn with_plugins_from_env(node: ToolsNode, dir: String) -> Result<ToolsNode, ConfigError> {
-    use mofa_kernel::wasm::{Limits, PluginsDir, Wanted};
+    use mofa_kernel::wasm::{Grants, Limits, PluginsDir, Wanted};
     if !Path::new(&dir).is_dir() {
         return Err(ConfigError::invalid(
             "MOFA_PLUGINS_DIR",
@@ -197,7 +198,8 @@ fn with_plugins_from_env(node: ToolsNode, dir: String) -> Result<ToolsNode, Conf
         Some(v) => Wanted::parse(&v).map_err(|e| ConfigError::invalid("MOFA_PLUGINS", v, e))?,
         None => Wanted::default(),
     };
-    let plugins = PluginsDir::new(dir.into(), Limits::from_env()?, wanted);
+    let plugins =
+        PluginsDir::new(dir.into(), Limits::from_env()?, wanted).with_grants(Grants::from_env()?);
     Ok(node.with_plugins_dir(plugins))
 }
 

@@ -22,12 +22,13 @@ pub struct Built {
     pub previous: Option<String>,
 }
 
-/// Flags for C plugins: a library module (no `main`), no debug names, only what is exported.
-pub const CLANG_FLAGS: [&str; 6] = [
+/// Flags for C plugins: a WASI reactor (no `main`; `_initialize`, which the host calls once
+/// per instance, runs wasi-libc's set-up, such as finding a granted folder), no debug names,
+/// only what is used.
+pub const CLANG_FLAGS: [&str; 5] = [
     "--target=wasm32-wasi",
     "-O2",
-    "-nostartfiles",
-    "-Wl,--no-entry",
+    "-mexec-model=reactor",
     "-Wl,--strip-all",
     "-Wl,--gc-sections",
 ];

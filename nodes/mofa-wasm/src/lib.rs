@@ -18,7 +18,8 @@
 //!
 //! Env: MOFA_PLUGINS_DIR (required: a folder of plugin folders), MOFA_PLUGINS (which to load
 //! and the versions accepted, `name@semver-req,...`; default all), MOFA_WASM_FUEL,
-//! MOFA_WASM_MEMORY_MB, MOFA_WASM_TIMEOUT_MS (per-call limits; a manifest may ask for less).
+//! MOFA_WASM_MEMORY_MB, MOFA_WASM_TIMEOUT_MS (per-call limits; a manifest may ask for less),
+//! MOFA_WASM_GRANT (folders granted to plugins that ask for `fs`: `name=fs:/folder;...`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,7 @@ use mofa_kernel::node::{Ctx, Failure, Handler};
 use mofa_kernel::plugin::PluginKind;
 use mofa_kernel::tool as wire;
 use mofa_kernel::tool::Tool;
-use mofa_kernel::wasm::{Change, Limits, PluginsDir, Wanted, WasmTool};
+use mofa_kernel::wasm::{Change, Grants, Limits, PluginsDir, Wanted, WasmTool};
 use mofa_kernel::{Envelope, Kind, Role};
 use serde_json::json;
 
@@ -65,11 +66,9 @@ impl WasmNode {
             Some(v) => Wanted::parse(&v).map_err(|e| ConfigError::invalid("MOFA_PLUGINS", v, e))?,
             None => Wanted::default(),
         };
-        Ok(WasmNode::new(PluginsDir::new(
-            dir.into(),
-            Limits::from_env()?,
-            wanted,
-        )))
+        let plugins = PluginsDir::new(dir.into(), Limits::from_env()?, wanted)
+            .with_grants(Grants::from_env()?);
+        Ok(WasmNode::new(plugins))
     }
 }
 

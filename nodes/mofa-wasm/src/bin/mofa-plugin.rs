@@ -2,6 +2,8 @@
 //!
 //!   mofa-plugin build DIR [-D NAME=VALUE]...   build the module from `source`, record its sha256
 //!   mofa-plugin check DIR                      load it as the host does (every check) and say so
+//!
+//! The host's limits and grants come from the same variables as the nodes' (MOFA_WASM_*).
 //!   mofa-plugin call DIR INPUT                 one call: INPUT is a tool's JSON arguments, or
 //!                                              for a transform the envelope's content
 
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use mofa_kernel::Envelope;
 use mofa_kernel::plugin::PluginKind;
 use mofa_kernel::tool::Tool;
-use mofa_kernel::wasm::{Limits, WasmPlugin, WasmTool};
+use mofa_kernel::wasm::{Grants, Limits, WasmPlugin, WasmTool};
 
 const USAGE: &str = "usage: mofa-plugin build DIR [-D NAME=VALUE]... | check DIR | call DIR INPUT";
 
@@ -79,7 +81,8 @@ fn build(dir: &Path, rest: &[&str]) -> Result<(), String> {
 
 fn load(dir: &Path) -> Result<Arc<WasmPlugin>, String> {
     let limits = Limits::from_env().map_err(|e| e.to_string())?;
-    WasmPlugin::load(dir, limits)
+    let grants = Grants::from_env().map_err(|e| e.to_string())?;
+    WasmPlugin::load_granted(dir, limits, &grants)
         .map(Arc::new)
         .map_err(|e| e.to_string())
 }
