@@ -972,6 +972,27 @@ impl PluginsDir {
         }
     }
 
+    /// The plugins folder a node is configured with: MOFA_PLUGINS_DIR (None when unset), with
+    /// MOFA_PLUGINS, the limits (MOFA_WASM_*) and MOFA_WASM_GRANT.
+    pub fn from_env() -> Result<Option<PluginsDir>, ConfigError> {
+        let Some(dir) = config::optional("MOFA_PLUGINS_DIR") else {
+            return Ok(None);
+        };
+        if !Path::new(&dir).is_dir() {
+            return Err(ConfigError::invalid(
+                "MOFA_PLUGINS_DIR",
+                dir,
+                "not a folder (of plugin folders, each with a plugin.toml)",
+            ));
+        }
+        let wanted = match config::optional("MOFA_PLUGINS") {
+            Some(v) => Wanted::parse(&v).map_err(|e| ConfigError::invalid("MOFA_PLUGINS", v, e))?,
+            None => Wanted::default(),
+        };
+        let plugins = PluginsDir::new(dir.into(), Limits::from_env()?, wanted);
+        Ok(Some(plugins.with_grants(Grants::from_env()?)))
+    }
+
     /// What the operator grants beyond `log` and `clock`.
     pub fn with_grants(mut self, grants: Grants) -> Self {
         self.grants = grants;

@@ -100,6 +100,18 @@ pub fn on(sent: &[Sent], output: &str) -> Vec<Envelope> {
         .collect()
 }
 
+/// A call of tool `name` with `args` (id `call_<name>`), as an agent sends it to a tool
+/// executor, in reply to a fresh task.
+pub fn tool_call(name: &str, args: serde_json::Value) -> Envelope {
+    let task = Envelope::task("t", "q");
+    let call = mofa_kernel::llm::ToolCall {
+        id: format!("call_{name}"),
+        name: name.into(),
+        arguments: args.to_string(),
+    };
+    mofa_kernel::tool::call_envelope(&task, "agent", &call)
+}
+
 /// One envelope arriving on `input` at `at` seconds.
 pub fn envelope(at: f64, input: &str, e: &Envelope) -> TimedIncomingEvent {
     envelopes(at, input, std::slice::from_ref(e))

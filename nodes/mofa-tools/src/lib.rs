@@ -177,39 +177,28 @@ impl ToolsNode {
             let engine = Arc::new(ScriptEngine::new(Limits::from_env()?));
             node = node.with_tools_dir(dir.into(), engine);
         }
-        if let Some(dir) = config::optional("MOFA_PLUGINS_DIR") {
-            node = with_plugins_from_env(node, dir)?;
-        }
-        Ok(node)
+        with_plugins_from_env(node)
     }
 }
 
 #[cfg(feature = "wasm")]
-fn with_plugins_from_env(node: ToolsNode, dir: String) -> Result<ToolsNode, ConfigError> {
-    use mofa_kernel::wasm::{Grants, Limits, PluginsDir, Wanted};
-    if !Path::new(&dir).is_dir() {
-        return Err(ConfigError::invalid(
-            "MOFA_PLUGINS_DIR",
-            dir,
-            "not a folder (of plugin folders, each with a plugin.toml)",
-        ));
-    }
-    let wanted = match config::optional("MOFA_PLUGINS") {
-        Some(v) => Wanted::parse(&v).map_err(|e| ConfigError::invalid("MOFA_PLUGINS", v, e))?,
-        None => Wanted::default(),
-    };
-    let plugins =
-        PluginsDir::new(dir.into(), Limits::from_env()?, wanted).with_grants(Grants::from_env()?);
-    Ok(node.with_plugins_dir(plugins))
+fn with_plugins_from_env(node: ToolsNode) -> Result<ToolsNode, ConfigError> {
+    Ok(match mofa_kernel::wasm::PluginsDir::from_env()? {
+        Some(plugins) => node.with_plugins_dir(plugins),
+        None => node,
+    })
 }
 
 #[cfg(not(feature = "wasm"))]
-fn with_plugins_from_env(_node: ToolsNode, dir: String) -> Result<ToolsNode, ConfigError> {
-    Err(ConfigError::invalid(
-        "MOFA_PLUGINS_DIR",
-        dir,
-        "this mofa-tools is built without the `wasm` feature (no WASM engine)",
-    ))
+fn with_plugins_from_env(node: ToolsNode) -> Result<ToolsNode, ConfigError> {
+    match config::optional("MOFA_PLUGINS_DIR") {
+        Some(dir) => Err(ConfigError::invalid(
+            "MOFA_PLUGINS_DIR",
+            dir,
+            "this mofa-tools is built without the `wasm` feature (no WASM engine)",
+        )),
+        None => Ok(node),
+    }
 }
 
 #[async_trait]

@@ -4,10 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mofa_kernel::llm::ToolCall;
 use mofa_kernel::tool::{self as wire, Tool, ToolError, ToolSpec};
 use mofa_kernel::{Envelope, Kind};
-use mofa_tests::harness::{self, envelope, on};
+use mofa_tests::harness::{self, envelope, on, tool_call as call};
 use mofa_tools::builtin::{calculator::Calculator, clock::Clock, files, http_get};
 use mofa_tools::{Registry, ToolsNode};
 use serde_json::{Value, json};
@@ -33,16 +32,6 @@ impl Tool for Misbehaving {
             }
         }
     }
-}
-
-fn call(name: &str, args: Value) -> Envelope {
-    let task = Envelope::task("t", "q");
-    let c = ToolCall {
-        id: format!("call_{name}"),
-        name: name.into(),
-        arguments: args.to_string(),
-    };
-    wire::call_envelope(&task, "agent", &c)
 }
 
 fn node(extra: Vec<Arc<dyn Tool>>) -> ToolsNode {

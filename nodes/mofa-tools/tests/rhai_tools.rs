@@ -5,17 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mofa_kernel::llm::ToolCall;
 use mofa_kernel::node::{Ctx, Failure, Handler};
 use mofa_kernel::script::{Limits, ScriptEngine};
 use mofa_kernel::tool::{self as wire, ToolError};
 use mofa_kernel::watch;
 use mofa_kernel::{Envelope, Kind};
-use mofa_tests::harness::{self, envelope, on};
+use mofa_tests::harness::{self, envelope, on, tool_call as call};
 use mofa_tools::builtin::calculator::Calculator;
 use mofa_tools::rhai_tools::{RhaiTool, ToolsDir, spec_from_declaration};
 use mofa_tools::{Registry, ToolsNode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn engine() -> Arc<ScriptEngine> {
     Arc::new(ScriptEngine::new(Limits {
@@ -377,16 +376,6 @@ impl Handler for Started {
     async fn on_stop(&self, ctx: &Ctx) {
         self.node.on_stop(ctx).await
     }
-}
-
-fn call(name: &str, args: Value) -> Envelope {
-    let task = Envelope::task("t", "q");
-    let c = ToolCall {
-        id: format!("call_{name}"),
-        name: name.into(),
-        arguments: args.to_string(),
-    };
-    wire::call_envelope(&task, "agent", &c)
 }
 
 #[test]

@@ -21,17 +21,16 @@
 //! MOFA_WASM_MEMORY_MB, MOFA_WASM_TIMEOUT_MS (per-call limits; a manifest may ask for less),
 //! MOFA_WASM_GRANT (folders granted to plugins that ask for `fs`: `name=fs:/folder;...`).
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mofa_kernel::config::{self, ConfigError};
+use mofa_kernel::config::ConfigError;
 use mofa_kernel::node::{Ctx, Failure, Handler};
 use mofa_kernel::plugin::PluginKind;
 use mofa_kernel::tool as wire;
 use mofa_kernel::tool::Tool;
-use mofa_kernel::wasm::{Change, Grants, Limits, PluginsDir, Wanted, WasmTool};
+use mofa_kernel::wasm::{Change, PluginsDir, WasmTool};
 use mofa_kernel::{Envelope, Kind, Role};
 use serde_json::json;
 
@@ -54,21 +53,12 @@ impl WasmNode {
     }
 
     pub fn from_env() -> Result<Self, ConfigError> {
-        let dir = config::required("MOFA_PLUGINS_DIR", "a folder of plugin folders")?;
-        if !Path::new(&dir).is_dir() {
-            return Err(ConfigError::invalid(
-                "MOFA_PLUGINS_DIR",
-                dir,
-                "not a folder (of plugin folders, each with a plugin.toml)",
-            ));
-        }
-        let wanted = match config::optional("MOFA_PLUGINS") {
-            Some(v) => Wanted::parse(&v).map_err(|e| ConfigError::invalid("MOFA_PLUGINS", v, e))?,
-            None => Wanted::default(),
-        };
-        let plugins = PluginsDir::new(dir.into(), Limits::from_env()?, wanted)
-            .with_grants(Grants::from_env()?);
-        Ok(WasmNode::new(plugins))
+        PluginsDir::from_env()?
+            .map(WasmNode::new)
+            .ok_or_else(|| ConfigError::Missing {
+                var: "MOFA_PLUGINS_DIR".into(),
+                hint: "a folder of plugin folders".into(),
+            })
     }
 }
 

@@ -5,13 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mofa_kernel::llm::ToolCall;
-use mofa_kernel::tool as wire;
 use mofa_kernel::wasm::{Limits, PluginsDir, Wanted, sha256_hex};
 use mofa_kernel::{Envelope, Kind};
-use mofa_tests::harness::{self, envelope, on};
+use mofa_tests::harness::{self, envelope, on, tool_call as call};
 use mofa_wasm::WasmNode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn repo_plugins() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins")
@@ -82,16 +80,6 @@ fn node(dir: &Path) -> WasmNode {
         timeout: Duration::from_millis(500),
     };
     WasmNode::new(PluginsDir::new(dir.to_owned(), limits, Wanted::default()))
-}
-
-fn call(name: &str, args: Value) -> Envelope {
-    let task = Envelope::task("t", "q");
-    let c = ToolCall {
-        id: format!("call_{name}"),
-        name: name.into(),
-        arguments: args.to_string(),
-    };
-    wire::call_envelope(&task, "agent", &c)
 }
 
 fn answer_to<'a>(sent: &'a [Envelope], to: &Envelope) -> &'a Envelope {
