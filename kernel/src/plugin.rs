@@ -14,6 +14,24 @@ pub enum PluginKind {
     Rules,
 }
 
+impl PluginKind {
+    /// As written in a manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Tool => "tool",
+            PluginKind::Transform => "transform",
+            PluginKind::AgentHook => "agent_hook",
+            PluginKind::Rules => "rules",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a plugin says about itself (its manifest).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginMetadata {

@@ -843,7 +843,7 @@ impl WasmTool {
     pub fn new(plugin: Arc<WasmPlugin>) -> Result<WasmTool, String> {
         let spec = plugin.manifest.tool_spec().ok_or_else(|| {
             format!(
-                "{} is a {:?} plugin, not a tool",
+                "{} is a {} plugin, not a tool",
                 plugin.meta.name, plugin.meta.kind
             )
         })??;

@@ -67,7 +67,7 @@ fn the_example_plugins_build_from_source_as_committed() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(
-        said.contains("mask 1.0.0 (Transform, ABI 1): sha256"),
+        said.contains("mask 1.0.0 (transform, ABI 1): sha256"),
         "{said}"
     );
     let call = mofa_plugin()

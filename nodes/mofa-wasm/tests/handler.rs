@@ -134,7 +134,7 @@ fn tools_and_transforms_are_answered_and_every_failure_is_an_error_envelope() {
     assert!(
         answer_to(&tools, &mask_as_tool)
             .content
-            .contains("is a Transform plugin, not a tool")
+            .contains("is a transform plugin, not a tool")
     );
     assert!(
         answer_to(&tools, &tampered)

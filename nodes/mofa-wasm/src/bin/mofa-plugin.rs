@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         ["check", dir] => load(Path::new(dir)).map(|p| {
             let m = p.manifest();
             println!(
-                "{} {} ({:?}, ABI {}): sha256 {} verified; fuel {}, memory {} MB, {} ms per call",
+                "{} {} ({}, ABI {}): sha256 {} verified; fuel {}, memory {} MB, {} ms per call",
                 m.name,
                 m.version,
                 m.kind,
