@@ -26,8 +26,6 @@
 //!   zero-copy outputs on edges that are not `backpressure`.
 //! - `ZENOH_RUNTIME` (zenoh's own, RON): zenoh's runtimes; [`main`] defaults it to
 //!   [`ZENOH_RUNTIME_DEFAULT`], one runtime with one worker instead of five with six.
-//! - `MALLOC_ARENA_MAX` (glibc's own): unset, [`main`] caps glibc's malloc arenas at
-//!   [`MALLOC_ARENA_MAX_DEFAULT`].
 //! - `MOFA_HEARTBEAT_MS` (default 1000; 0: none): across machines, how often a heartbeat goes
 //!   out on each output that a node on another machine takes ([`crate::placement`]).
 //! - `MOFA_PEER_TIMEOUT_MS` (default 10000; 0: never; at least twice `MOFA_HEARTBEAT_MS`): how
@@ -301,10 +299,6 @@ pub const ZERO_COPY_THRESHOLD_DEFAULT: usize = usize::MAX;
 pub const ZENOH_RUNTIME_DEFAULT: &str =
     "(rx: (handover: app), acc: (handover: app), tx: (handover: app), net: (handover: app))";
 
-/// glibc malloc arenas when `MALLOC_ARENA_MAX` is not set: glibc makes up to eight per core
-/// as threads contend, each keeping its freed memory; a node's ~20 threads mostly sleep.
-pub const MALLOC_ARENA_MAX_DEFAULT: i32 = 2;
-
 /// The process-wide defaults above; each only when its variable is not set.
 fn set_process_defaults() {
     if std::env::var_os("DORA_NODE_SHM_POOL_SIZE").is_none() {
@@ -320,13 +314,6 @@ fn set_process_defaults() {
     if std::env::var_os("ZENOH_RUNTIME").is_none() {
         // SAFETY: as above; zenoh reads it when its first runtime starts, in dora's init.
         unsafe { std::env::set_var("ZENOH_RUNTIME", ZENOH_RUNTIME_DEFAULT) };
-    }
-    // glibc reads `MALLOC_ARENA_MAX` itself, before `main`; set, it wins.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only changes a malloc tunable; the return value only says whether
-        // glibc took it, and a refusal leaves glibc's default.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENA_MAX_DEFAULT) };
     }
 }
 
