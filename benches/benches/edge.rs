@@ -1,7 +1,8 @@
 //! Edge deployment (issue 8): every node's release binary size and idle RSS.
 //! Run: cargo bench -p mofa-benches --bench edge
 //!
-//! Builds the release binaries (`cargo build --release --workspace --bins`), records the size of
+//! Builds the node binaries (`cargo build --profile <profile> --workspace --bins`; the profile is
+//! `MOFA_BENCH_PROFILE`, default `release`; `edge` is the size-oriented one), records the size of
 //! each node binary, then starts every node once under one `dora run` of a generated dataflow
 //! in which nothing happens: each node has the inputs it needs, wired to outputs that only
 //! answer requests nobody makes (a person's answers, a store's replies), and the minimal env it
@@ -12,6 +13,11 @@
 //! /proc/<pid>/status, and the CPU each used in that window (it must be idle), then stops the
 //! run.
 //!
+//! The graph also runs `dora-floor` (benches/src/bin/dora-floor.rs), a node that is dora alone:
+//! init, then wait for events. Built in the same profile, with the same process defaults as
+//! `mofa_kernel::node::main` sets (SHM pool, zero-copy threshold, zenoh runtimes), it is the floor no
+//! node built on dora 1.1 can go below.
+//!
 //! `MOFA_BENCH_PROFILE=debug` measures the debug binaries instead, and `MOFA_BENCH_BIN_DIR`
 //! the binaries in that folder (built by the caller: no build here), for comparison.
 
@@ -20,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use mofa_kernel::node;
 use mofa_tests::dora;
 
 /// How long every node has been running with nothing to do before it is measured.
@@ -28,23 +35,35 @@ const IDLE: Duration = Duration::from_secs(3);
 const RSS_TARGET_MB: f64 = 10.0;
 const SIZE_TARGET_MB: f64 = 20.0;
 
-/// Node binaries, and whether each embeds a model or a WASM engine (exempt from the targets).
-const BINARIES: [(&str, bool); 13] = [
-    ("mofa-agent", false),
-    ("mofa-tools", false),
-    ("mofa-aggregate", false),
-    ("mofa-debate", false),
-    ("mofa-consensus", false),
-    ("mofa-script", false),
-    ("mofa-router", false),
-    ("mofa-secretary", false),
-    ("mofa-human", false),
-    ("mofa-store", false),
-    ("mofa-source", false),
-    ("mofa-sink", false),
+/// What the targets say about a binary.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// Held to the targets.
+    Node,
+    /// Embeds a model or a WASM engine: exempt.
+    Exempt,
+    /// dora alone (`dora-floor`): the reference, not one of our nodes.
+    Floor,
+}
+
+/// The binaries measured.
+const BINARIES: [(&str, Kind); 14] = [
+    ("mofa-agent", Kind::Node),
+    ("mofa-tools", Kind::Node),
+    ("mofa-aggregate", Kind::Node),
+    ("mofa-debate", Kind::Node),
+    ("mofa-consensus", Kind::Node),
+    ("mofa-script", Kind::Node),
+    ("mofa-router", Kind::Node),
+    ("mofa-secretary", Kind::Node),
+    ("mofa-human", Kind::Node),
+    ("mofa-store", Kind::Node),
+    ("mofa-source", Kind::Node),
+    ("mofa-sink", Kind::Node),
     // llama.cpp is linked in (the local GGUF model); idle with an OpenAI-compatible URL it
     // loads no model.
-    ("mofa-llm", true),
+    ("mofa-llm", Kind::Exempt),
+    ("dora-floor", Kind::Floor),
 ];
 
 /// One node of the generated dataflow.
@@ -62,7 +81,27 @@ struct Node {
 fn nodes(scratch: &Path) -> Vec<Node> {
     const SILENT: &str = "human/answer";
     let s = |p: &str| scratch.join(p).display().to_string();
+    // The floor gets what `node::main` gives our nodes, unless the caller set it for all.
+    let kernel_default =
+        |var: &'static str, default: String| (var, std::env::var(var).unwrap_or(default));
     vec![
+        Node {
+            id: "floor",
+            binary: "dora-floor",
+            inputs: &[("in", SILENT)],
+            outputs: &[],
+            env: vec![
+                kernel_default(
+                    "DORA_NODE_SHM_POOL_SIZE",
+                    node::SHM_POOL_DEFAULT.to_string(),
+                ),
+                kernel_default(
+                    "DORA_ZERO_COPY_THRESHOLD",
+                    node::ZERO_COPY_THRESHOLD_DEFAULT.to_string(),
+                ),
+                kernel_default("ZENOH_RUNTIME", node::ZENOH_RUNTIME_DEFAULT.into()),
+            ],
+        },
         Node {
             id: "source",
             binary: "mofa-source",
@@ -286,15 +325,15 @@ fn main() {
     let profile = std::env::var("MOFA_BENCH_PROFILE").unwrap_or_else(|_| "release".into());
     let root = dora::root();
     let bin_dir_var = std::env::var_os("MOFA_BENCH_BIN_DIR").map(PathBuf::from);
-    if profile == "release" && bin_dir_var.is_none() {
-        eprintln!("building release nodes ...");
+    if profile != "debug" && bin_dir_var.is_none() {
+        eprintln!("building {profile} nodes ...");
         let ok = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--workspace", "--bins"])
+            .args(["build", "--profile", &profile, "--workspace", "--bins"])
             .current_dir(&root)
             .status()
             .expect("cargo")
             .success();
-        assert!(ok, "release build failed");
+        assert!(ok, "{profile} build failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -384,11 +423,13 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let (mut size_missed, mut rss_missed) = (Vec::new(), Vec::new());
-    for (bin, exempt) in BINARIES {
+    for (bin, kind) in BINARIES {
         let m = &measured[bin];
         let size_mb = m.size as f64 / 1024.0 / 1024.0;
-        let verdict = if exempt {
+        let verdict = if kind == Kind::Exempt {
             "exempt (embedded model)".to_owned()
+        } else if kind == Kind::Floor {
+            "reference: dora alone".to_owned()
         } else {
             let size_ok = size_mb <= SIZE_TARGET_MB;
             let rss_ok = mb(m.rss_kb) <= RSS_TARGET_MB;

@@ -20,6 +20,12 @@
 //!   start; [`main`] lowers the default to [`SHM_POOL_DEFAULT`] (our dataflows' edges are
 //!   `backpressure`, on dora's daemon path, which does not use the pool; a message that does
 //!   not fit is sent from the heap). A node's `shared_memory_pool_size` in the YAML wins.
+//! - `DORA_ZERO_COPY_THRESHOLD` (dora's own, in bytes): outputs at least this big are built in
+//!   zenoh shared memory; [`main`] defaults it to never ([`ZERO_COPY_THRESHOLD_DEFAULT`]),
+//!   which spares every node zenoh's SHM watchdogs. Set it (dora's default is 4096) for
+//!   zero-copy outputs on edges that are not `backpressure`.
+//! - `ZENOH_RUNTIME` (zenoh's own, RON): zenoh's runtimes; [`main`] defaults it to
+//!   [`ZENOH_RUNTIME_DEFAULT`], one runtime with one worker instead of five with six.
 //! - `MOFA_HEARTBEAT_MS` (default 1000; 0: none): across machines, how often a heartbeat goes
 //!   out on each output that a node on another machine takes ([`crate::placement`]).
 //! - `MOFA_PEER_TIMEOUT_MS` (default 10000; 0: never; at least twice `MOFA_HEARTBEAT_MS`): how
@@ -279,14 +285,42 @@ impl Drop for Deadline {
 /// instead of dora's 8 MiB, which every node holds resident from start (see the module doc).
 pub const SHM_POOL_DEFAULT: usize = 1 << 20;
 
-/// Builds the handler from the environment and runs the node until it stops.
-/// A configuration error ends the process with code 2 and a message naming the variable.
-pub fn main<H: Handler>(make: impl FnOnce() -> Result<H, ConfigError>) -> ExitCode {
+/// dora's `DORA_ZERO_COPY_THRESHOLD` when not set: never. dora allocates every output of at
+/// least that many bytes (4096 by default) in zenoh shared memory; the first such allocation
+/// starts zenoh's SHM watchdogs for good (~10 MB of heap, a 1.3 MB segment and two threads per
+/// process; measured in BENCHMARKS.md, "Edge"). Our edges are `backpressure`, on dora's daemon
+/// path, which copies a shared-memory sample out into a plain message anyway.
+pub const ZERO_COPY_THRESHOLD_DEFAULT: usize = usize::MAX;
+
+/// zenoh's runtimes when `ZENOH_RUNTIME` is not set: all handed over to one (`app`, one
+/// worker) instead of five with six workers (rx has two), each with its own thread and stack.
+/// A node's zenoh traffic is dora's control and local data path, light at the rates our nodes
+/// run at; set `ZENOH_RUNTIME` (zenoh's RON syntax) to give it more.
+pub const ZENOH_RUNTIME_DEFAULT: &str =
+    "(rx: (handover: app), acc: (handover: app), tx: (handover: app), net: (handover: app))";
+
+/// The process-wide defaults above; each only when its variable is not set.
+fn set_process_defaults() {
     if std::env::var_os("DORA_NODE_SHM_POOL_SIZE").is_none() {
         // SAFETY: the first thing the node's `main` does: no other thread exists yet that
         // could read the environment at the same time.
         unsafe { std::env::set_var("DORA_NODE_SHM_POOL_SIZE", SHM_POOL_DEFAULT.to_string()) };
     }
+    if std::env::var_os("DORA_ZERO_COPY_THRESHOLD").is_none() {
+        // SAFETY: as above; dora reads it in its init.
+        let never = ZERO_COPY_THRESHOLD_DEFAULT.to_string();
+        unsafe { std::env::set_var("DORA_ZERO_COPY_THRESHOLD", never) };
+    }
+    if std::env::var_os("ZENOH_RUNTIME").is_none() {
+        // SAFETY: as above; zenoh reads it when its first runtime starts, in dora's init.
+        unsafe { std::env::set_var("ZENOH_RUNTIME", ZENOH_RUNTIME_DEFAULT) };
+    }
+}
+
+/// Builds the handler from the environment and runs the node until it stops.
+/// A configuration error ends the process with code 2 and a message naming the variable.
+pub fn main<H: Handler>(make: impl FnOnce() -> Result<H, ConfigError>) -> ExitCode {
+    set_process_defaults();
     init_logging();
     let handler = match make() {
         Ok(h) => h,
