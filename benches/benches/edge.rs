@@ -334,6 +334,22 @@ fn main() {
             .expect("cargo")
             .success();
         assert!(ok, "{profile} build failed");
+        // mofa-tools as an edge device gets it: without its default `wasm` feature (WASM tool
+        // plugins bring the wasmtime engine, which the targets exempt). Replaces the binary above.
+        let ok = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--profile",
+                &profile,
+                "-p",
+                "mofa-tools",
+                "--no-default-features",
+            ])
+            .current_dir(&root)
+            .status()
+            .expect("cargo")
+            .success();
+        assert!(ok, "{profile} build of mofa-tools without wasm failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
