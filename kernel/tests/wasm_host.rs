@@ -504,3 +504,26 @@ fn an_operator_pins_plugin_versions() {
     assert!(dir.get("other").is_none(), "not asked for");
     assert_eq!(dir.wanted().missing(&dir.loaded()), vec!["old"]);
 }
+
+#[tokio::test]
+async fn a_transform_can_take_the_envelope_as_arrow_ipc() {
+    // plugins/echo's module as a transform in the Arrow format: it returns the IPC stream it
+    // got, which the host must read back as the same envelope.
+    let t = tempfile::tempdir().unwrap();
+    let wat = std::fs::read_to_string(repo_plugin("echo").join("echo.wat")).unwrap();
+    let dir = plugin_dir(
+        t.path(),
+        "same",
+        "1.0.0",
+        &wat,
+        "format = \"arrow\"\n",
+        None,
+    );
+    let p = load(&dir).unwrap();
+    let msg = Envelope::task("src", "rows and columns").with_round(2);
+    assert_eq!(p.transform(&msg).await.unwrap(), msg);
+    // The bytes really were Arrow IPC, not JSON.
+    let bytes = mofa_kernel::wasm::encode(&msg, mofa_kernel::wasm::Format::Arrow).unwrap();
+    assert!(serde_json::from_slice::<serde_json::Value>(&bytes).is_err());
+    assert_eq!(p.call_blocking(&bytes).unwrap(), bytes);
+}

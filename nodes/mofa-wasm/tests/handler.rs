@@ -26,21 +26,37 @@ fn plugins() -> tempfile::TempDir {
             std::fs::copy(repo_plugins().join(name).join(f), to.join(f)).unwrap();
         }
     }
-    let spin = r#"(module (memory (export "memory") 1)
-      (func (export "mofa_abi_version") (result i32) (i32.const 1))
-      (func (export "mofa_alloc") (param i32) (result i32) (i32.const 64))
-      (func (export "mofa_handle") (param i32 i32) (result i64) (loop $l (br $l)) (unreachable)))"#;
-    let dir = t.path().join("spin");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("spin.wat"), spin).unwrap();
-    std::fs::write(
-        dir.join("plugin.toml"),
-        format!(
-            "name = \"spin\"\nversion = \"0.1.0\"\nkind = \"tool\"\nabi = \"1\"\nmodule = \"spin.wat\"\nsha256 = \"{}\"\n[tool]\ndescription = \"loops\"\nparameters = {{ type = \"object\" }}\n",
-            sha256_hex(spin.as_bytes())
+    // Hostile tools, each with a body for `mofa_handle`: an endless loop, a memory bomb, a trap;
+    // and a module that speaks another ABI version.
+    let hostile = [
+        ("spin", 1, "(loop $l (br $l)) (unreachable)"),
+        (
+            "bomb",
+            1,
+            "(loop $l (drop (memory.grow (i32.const 16))) (br $l)) (unreachable)",
         ),
-    )
-    .unwrap();
+        ("trap", 1, "(unreachable)"),
+        ("abi2", 2, "(i64.const 0)"),
+    ];
+    for (name, abi, body) in hostile {
+        let wat = format!(
+            r#"(module (memory (export "memory") 1)
+              (func (export "mofa_abi_version") (result i32) (i32.const {abi}))
+              (func (export "mofa_alloc") (param i32) (result i32) (i32.const 64))
+              (func (export "mofa_handle") (param i32 i32) (result i64) {body}))"#
+        );
+        let dir = t.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("m.wat"), &wat).unwrap();
+        std::fs::write(
+            dir.join("plugin.toml"),
+            format!(
+                "name = \"{name}\"\nversion = \"0.1.0\"\nkind = \"tool\"\nabi = \"1\"\nmodule = \"m.wat\"\nsha256 = \"{}\"\n[tool]\ndescription = \"hostile\"\nparameters = {{ type = \"object\" }}\n",
+                sha256_hex(wat.as_bytes())
+            ),
+        )
+        .unwrap();
+    }
     let tampered = t.path().join("tampered");
     std::fs::create_dir(&tampered).unwrap();
     let manifest = std::fs::read_to_string(repo_plugins().join("echo/plugin.toml")).unwrap();
@@ -93,6 +109,9 @@ fn tools_and_transforms_are_answered_and_every_failure_is_an_error_envelope() {
     let dir = plugins();
     let echo = call("echo", json!({"text": "hi"}));
     let spin = call("spin", json!({}));
+    let bomb = call("bomb", json!({}));
+    let trap = call("trap", json!({}));
+    let abi2 = call("abi2", json!({}));
     let unknown = call("nope", json!({}));
     let mask_as_tool = call("mask", json!({}));
     let tampered = call("tampered", json!({"text": "x"}));
@@ -104,6 +123,9 @@ fn tools_and_transforms_are_answered_and_every_failure_is_an_error_envelope() {
         vec![
             envelope(0.2, "tools", &echo),
             envelope(0.3, "tools", &spin),
+            envelope(0.32, "tools", &bomb),
+            envelope(0.34, "tools", &trap),
+            envelope(0.36, "tools", &abi2),
             envelope(0.4, "tools", &unknown),
             envelope(0.5, "tools", &mask_as_tool),
             envelope(0.6, "tools", &tampered),
@@ -126,10 +148,27 @@ fn tools_and_transforms_are_answered_and_every_failure_is_an_error_envelope() {
         "{}",
         stopped.content
     );
+    let bombed = answer_to(&tools, &bomb);
+    assert!(
+        bombed.content.contains("memory limit exceeded"),
+        "{}",
+        bombed.content
+    );
+    let trapped = answer_to(&tools, &trap);
+    assert!(
+        trapped.content.contains("trapped") && trapped.content.contains("unreachable"),
+        "{}",
+        trapped.content
+    );
+    assert!(
+        answer_to(&tools, &abi2)
+            .content
+            .contains("no tool plugin `abi2`")
+    );
     assert!(
         answer_to(&tools, &unknown)
             .content
-            .contains("no tool plugin `nope` is loaded; loaded: echo, mask, spin")
+            .contains("no tool plugin `nope` is loaded; loaded: bomb, echo, mask, spin, trap")
     );
     assert!(
         answer_to(&tools, &mask_as_tool)
@@ -176,6 +215,12 @@ fn tools_and_transforms_are_answered_and_every_failure_is_an_error_envelope() {
         "{errors:#?}"
     );
     assert!(
+        errors.iter().any(|e| e
+            .content
+            .contains("the module speaks plugin ABI 2, this host speaks 1")),
+        "{errors:#?}"
+    );
+    assert!(
         errors
             .iter()
             .any(|e| e.content.contains("integrity check failed for tampered")),
@@ -189,6 +234,6 @@ fn tools_and_transforms_are_answered_and_every_failure_is_an_error_envelope() {
         .iter()
         .map(|x| x["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["echo", "mask", "spin"]);
+    assert_eq!(names, ["bomb", "echo", "mask", "spin", "trap"]);
     assert_eq!(p["plugins"][0]["version"], "1.0.0");
 }
