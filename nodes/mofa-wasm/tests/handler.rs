@@ -235,5 +235,5 @@ fn tools_and_transforms_are_answered_and_every_failure_is_an_error_envelope() {
         .map(|x| x["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["bomb", "echo", "mask", "spin", "trap"]);
-    assert_eq!(p["plugins"][0]["version"], "1.0.0");
+    assert_eq!(p["plugins"][1]["version"], "1.0.0", "echo's");
 }
