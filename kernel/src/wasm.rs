@@ -944,6 +944,8 @@ pub enum Change {
 /// What was last seen of one plugin folder.
 struct SeenDir {
     stamps: (watch::FileStamp, watch::FileStamp),
+    /// The module file the manifest named, to stat it at the next look.
+    module: Option<PathBuf>,
     serving: Option<String>,
 }
 
@@ -1044,6 +1046,14 @@ impl PluginsDir {
         }
         for path in dirs {
             let manifest_path = path.join("plugin.toml");
+            // Unchanged since the last look: nothing is read (the folder is looked at 4 times a
+            // second, and a module may be megabytes).
+            if let Some(s) = seen.get(&path) {
+                let module = s.module.as_deref().and_then(watch::file_stamp);
+                if (watch::file_stamp(&manifest_path), module) == s.stamps {
+                    continue;
+                }
+            }
             let manifest = match watch::read_settled(&manifest_path) {
                 Ok(Some((stamp, text))) => (stamp, text),
                 // Being written: looked at again next time.
@@ -1136,7 +1146,14 @@ impl PluginsDir {
                     serving
                 }
             };
-            seen.insert(path, SeenDir { stamps, serving });
+            seen.insert(
+                path,
+                SeenDir {
+                    stamps,
+                    module: module_path,
+                    serving,
+                },
+            );
         }
         changes
     }
