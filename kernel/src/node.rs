@@ -157,6 +157,8 @@ enum Outgoing {
 
 struct Shared {
     node_id: String,
+    /// The running dataflow as dora describes it (JSON); `Null` when dora gives none (tests).
+    descriptor: serde_json::Value,
     /// Inputs closed because their sender's machine went silent.
     lost: Mutex<BTreeMap<String, Lost>>,
     out: mpsc::UnboundedSender<Outgoing>,
@@ -175,6 +177,12 @@ impl Ctx {
     /// The node's id in the dataflow.
     pub fn node_id(&self) -> &str {
         &self.shared.node_id
+    }
+
+    /// The running dataflow's descriptor as JSON (`nodes`, each with `id`, `inputs`,
+    /// `outputs`, ...); `Null` when dora gave none, as under `DoraNode::init_testing`.
+    pub fn descriptor(&self) -> &serde_json::Value {
+        &self.shared.descriptor
     }
 
     /// Whether `input` was closed because the machine of its sender was lost, and which.
@@ -374,12 +382,16 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
     check_peer_timeout(heartbeat, peer_timeout)?;
 
     let node_id = node.id().to_string();
-    let placement = node
+    let descriptor = node
         .dataflow_descriptor()
         .ok()
         .and_then(|d| serde_json::to_value(d).ok())
-        .map(|d| Placement::from_descriptor(&node_id, &d))
         .unwrap_or_default();
+    let placement = if descriptor.is_null() {
+        Placement::default()
+    } else {
+        Placement::from_descriptor(&node_id, &descriptor)
+    };
     if placement.is_distributed() {
         tracing::info!(
             "on machine `{}`; inputs from other machines: {:?}; outputs to other machines: {:?}",
@@ -423,6 +435,7 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
     let ctx = Ctx {
         shared: Arc::new(Shared {
             node_id,
+            descriptor,
             lost: Mutex::new(BTreeMap::new()),
             out: out_tx.clone(),
             tasks: Mutex::new(JoinSet::new()),

@@ -97,6 +97,17 @@ pub fn catalog_envelope(sender: &str, tools: &[ToolSpec]) -> Envelope {
         .with_payload(&serde_json::json!({ "tools": tools }))
 }
 
+/// Asks a tool executor for its catalog; it answers with [`catalog_envelope`] on the output
+/// paired with the input the request came on.
+pub fn catalog_request(sender: &str) -> Envelope {
+    Envelope::new(Kind::Control, sender, Role::System, "catalog")
+}
+
+/// A catalog or a request for one: a `control` envelope reading `catalog`.
+pub fn is_catalog(e: &Envelope) -> bool {
+    e.kind == Kind::Control && e.content == "catalog"
+}
+
 pub fn catalog_from_envelope(e: &Envelope) -> Result<Vec<ToolSpec>, String> {
     let p = e
         .payload_json()

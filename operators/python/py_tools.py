@@ -66,7 +66,10 @@ def check_args(schema: dict, args) -> None:
 
 
 def handle(call: dict) -> dict:
-    """The answer to one tool call envelope (a tool_result, or an error envelope)."""
+    """The answer to one tool call envelope (a tool_result, or an error envelope), or the
+    catalog again to an agent that asks for it (its first copy can be lost between machines)."""
+    if call["kind"] == "control" and call["content"] == "catalog":
+        return catalog()
     if call["kind"] != "tool_call":
         return env.error_reply(call, NAME, f"a `{call['kind']}` envelope is not a tool call")
     name = call["content"] or "tool"

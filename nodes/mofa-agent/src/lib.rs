@@ -25,7 +25,8 @@
 //! MOFA_MAX_CONCURRENT (tasks in flight at once; default 0, no limit),
 //! MOFA_AGENT_TIMEOUT_MS (how long to wait for the LLM, default 300000), MOFA_TEMPERATURE,
 //! MOFA_TOP_P, MOFA_MAX_TOKENS, MOFA_SEED, MOFA_STREAM, MOFA_MAX_STEPS (tool rounds, 8),
-//! MOFA_AWAIT_CATALOG (hold tasks until the tool catalog has come; default false),
+//! MOFA_AWAIT_CATALOG (hold tasks until the tool catalog has come, asking for it on `tools`
+//! every second; default false),
 //! MOFA_REACT_MODE (`native` function calling, or `text`: Thought/Action/Observation in plain
 //! text, for endpoints without tool support).
 
@@ -216,13 +217,21 @@ impl State {
 pub struct Agent {
     cfg: Arc<AgentConfig>,
     state: Arc<Mutex<State>>,
+    /// Asks the tool executor for its catalog until it comes (MOFA_AWAIT_CATALOG).
+    catalog_asker: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
 }
+
+/// How often a held agent asks for the catalog again. Between machines dora's first
+/// messages are best effort: the executor's catalog, published once at its start, is dropped
+/// when the subscription on the agent's machine has not reached the executor's yet.
+const CATALOG_ASK_EVERY: Duration = Duration::from_secs(1);
 
 impl Agent {
     pub fn new(cfg: AgentConfig) -> Self {
         Agent {
             cfg: Arc::new(cfg),
             state: Arc::default(),
+            catalog_asker: Arc::default(),
         }
     }
 
@@ -239,6 +248,7 @@ impl Agent {
         Agent {
             cfg: self.cfg.clone(),
             state: self.state.clone(),
+            catalog_asker: self.catalog_asker.clone(),
         }
     }
 
@@ -634,6 +644,9 @@ impl Agent {
 
     /// The catalog has come (or never will): start the tasks held for it.
     fn release_held(&self, ctx: &Ctx) {
+        if let Some(asker) = self.catalog_asker.lock().expect("asker").take() {
+            asker.abort();
+        }
         let held = {
             let mut st = self.state.lock().expect("agent state");
             st.catalog_ready = true;
@@ -688,9 +701,31 @@ fn parse_text_react(text: &str, step: u32) -> TextStep {
 
 #[async_trait]
 impl Handler for Agent {
+    /// Held for the catalog: asks the executor for it (on `tools`) every second until it comes,
+    /// in case the one it published at its start was lost on the way.
+    async fn on_start(&self, ctx: &Ctx) -> Result<(), Failure> {
+        if self.cfg.await_catalog {
+            let (ctx, state) = (ctx.clone(), self.state.clone());
+            let ask = wire::catalog_request(self.name(&ctx));
+            // Not in-flight work (Ctx::spawn): it ends when the catalog comes, or stop aborts it.
+            let asker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(CATALOG_ASK_EVERY).await;
+                    if state.lock().expect("agent state").catalog_ready {
+                        break;
+                    }
+                    ctx.send_one("tools", ask.clone());
+                }
+            });
+            *self.catalog_asker.lock().expect("asker") = Some(asker.abort_handle());
+        }
+        Ok(())
+    }
+
     async fn on_message(&self, ctx: &Ctx, input: &str, msg: Envelope) -> Result<(), Failure> {
         match input {
             "llm" => self.on_llm(ctx, msg),
+            "tools" if wire::is_catalog(&msg) => self.on_catalog(ctx, msg),
             "tools" => self.on_tool_result(ctx, msg),
             "catalog" => self.on_catalog(ctx, msg),
             _ => self.on_task(ctx, msg),
@@ -699,6 +734,9 @@ impl Handler for Agent {
 
     /// Tasks not done when the node stops are answered with an error, not dropped.
     async fn on_stop(&self, ctx: &Ctx) {
+        if let Some(asker) = self.catalog_asker.lock().expect("asker").take() {
+            asker.abort();
+        }
         let mut st = self.state.lock().expect("agent state");
         let mut left: Vec<(Envelope, serde_json::Value)> = Vec::new();
         for s in st.sessions.values_mut() {

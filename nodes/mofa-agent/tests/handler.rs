@@ -15,17 +15,27 @@ fn agent(window: usize, timeout_ms: u64) -> Agent {
 
 fn agent_with(window: usize, timeout_ms: u64, max_concurrent: usize) -> Agent {
     Agent::new(AgentConfig {
-        name: Some("writer".into()),
-        system_prompt: "You are the writer.".into(),
         memory_window: window,
-        max_sessions: 100,
         max_concurrent,
         llm_timeout: Duration::from_millis(timeout_ms),
+        ..config()
+    })
+}
+
+/// The writer: window 10, no concurrency limit, 5 s LLM timeout, 3 tool rounds.
+fn config() -> AgentConfig {
+    AgentConfig {
+        name: Some("writer".into()),
+        system_prompt: "You are the writer.".into(),
+        memory_window: 10,
+        max_sessions: 100,
+        max_concurrent: usize::MAX,
+        llm_timeout: Duration::from_millis(5000),
         options: ChatOptions::default(),
         max_steps: 3,
         await_catalog: false,
         text_react: false,
-    })
+    }
 }
 
 fn in_session(text: &str, session: &str) -> Envelope {
@@ -497,16 +507,8 @@ fn the_step_limit_ends_a_task_that_keeps_calling_tools() {
 #[test]
 fn text_react_reads_actions_from_the_text_and_answers_with_observations() {
     let text_agent = Agent::new(AgentConfig {
-        name: Some("writer".into()),
-        system_prompt: "You are the writer.".into(),
-        memory_window: 10,
-        max_sessions: 100,
-        max_concurrent: usize::MAX,
-        llm_timeout: Duration::from_millis(5000),
-        options: ChatOptions::default(),
-        max_steps: 3,
-        await_catalog: false,
         text_react: true,
+        ..config()
     });
     let task = in_session("what is 2+2?", "s");
     let action = llm_final(
@@ -603,4 +605,35 @@ fn tasks_not_done_at_stop_are_answered_with_an_error() {
             .iter()
             .all(|e| e.content.contains("stopped before the task was done"))
     );
+}
+
+#[test]
+fn a_held_agent_asks_for_the_catalog_until_it_comes_then_starts_its_task() {
+    let held = Agent::new(AgentConfig {
+        await_catalog: true,
+        ..config()
+    });
+    let task = in_session("what is 17*23?", "s");
+    let sent = harness::run(
+        held,
+        vec![
+            envelope(0.0, "task", &task),
+            // The executor's first catalog was lost; it answers the agent's request on `tools`.
+            envelope(1.5, "tools", &catalog()),
+            // Keeps the node up long enough to see that the asking stopped.
+            envelope(4.0, "llm", &llm_answer(&task, "391")),
+        ],
+    );
+    let asks = on(&sent, "tools");
+    assert!(
+        !asks.is_empty() && asks.len() <= 2,
+        "asked about once a second until the catalog came at 1.5 s, not after: {asks:?}"
+    );
+    assert!(asks.iter().all(wire::is_catalog), "{asks:?}");
+    assert_eq!(asks[0].sender, "writer");
+    let reqs = on(&sent, "llm");
+    assert_eq!(reqs.len(), 1, "the task waited for the catalog: {reqs:?}");
+    assert_eq!(ChatRequest::from_envelope(&reqs[0]).unwrap().tools.len(), 2);
+    assert_eq!(on(&sent, "result")[0].content, "391");
+    assert!(on(&sent, "error").is_empty(), "{sent:?}");
 }

@@ -260,7 +260,7 @@ impl Handler for ToolsNode {
     }
 
     async fn on_message(&self, ctx: &Ctx, input: &str, msg: Envelope) -> Result<(), Failure> {
-        if msg.kind == Kind::Control && msg.content == "catalog" {
+        if wire::is_catalog(&msg) {
             // Asked again (a late subscriber): answer with the catalog.
             let cat = wire::catalog_envelope(ctx.node_id(), &self.registry.specs());
             ctx.send_one(input, cat);

@@ -63,6 +63,19 @@ fn the_catalog_goes_out_at_start_with_each_schema() {
 }
 
 #[test]
+fn an_agent_that_asks_for_the_catalog_gets_it_on_its_input() {
+    let sent = harness::run(
+        node(vec![]),
+        vec![envelope(0.0, "writer", &wire::catalog_request("writer"))],
+    );
+    let again = on(&sent, "writer");
+    assert_eq!(again.len(), 1, "{sent:?}");
+    assert!(wire::is_catalog(&again[0]));
+    assert_eq!(wire::catalog_from_envelope(&again[0]).unwrap().len(), 2);
+    assert!(on(&sent, "error").is_empty(), "{sent:?}");
+}
+
+#[test]
 fn a_call_is_validated_run_and_answered_on_its_input() {
     let ok = call("calculator", json!({"expression": "17 * 23"}));
     let missing = call("calculator", json!({}));

@@ -99,6 +99,15 @@ class PyToolsTest(unittest.TestCase):
         self.assertEqual(len(errors), 3, errors)  # the two failed calls and the bad batch
         self.assertTrue(any("bad input on `agent`" in e["content"] for e in errors))
 
+    def test_an_agent_asking_for_the_catalog_gets_it_on_its_input(self):
+        ask = env.envelope("control", "agent", "system", "catalog")
+        node = MockNode([("agent", env.to_arrow([ask]))])
+        py_tools.main(node)
+        [again] = [m for a in node.outputs["agent"] for m in env.from_arrow(a)]
+        self.assertEqual((again["kind"], again["content"]), ("control", "catalog"))
+        self.assertEqual(len(env.payload(again)["tools"]), 2)
+        self.assertNotIn("error", node.outputs)
+
 
 if __name__ == "__main__":
     unittest.main()
