@@ -7,6 +7,8 @@
 //! - [`config`]: reading a node's configuration from its environment.
 //! - [`queue`]: the priority queue where work waits for a free slot.
 //! - [`calls`]: awaiting the answer to a request by `reply_to`.
+//! - [`telemetry`]: OpenTelemetry traces across nodes, one trace per session (OTLP).
+//! - [`metrics`]: Prometheus metrics of every node.
 //! - [`watch`]: files edited while a node runs, read once a save has finished.
 //! - `script` (feature `script`): the one Rhai set-up for nodes that run scripts.
 //! - `rules` (feature `script`): the rule engine (YAML rules with Rhai conditions) on it.
@@ -16,6 +18,7 @@ pub mod calls;
 pub mod config;
 pub mod envelope;
 pub mod llm;
+pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod plugin;
@@ -24,6 +27,7 @@ pub mod queue;
 pub mod rules;
 #[cfg(feature = "script")]
 pub mod script;
+pub mod telemetry;
 pub mod tool;
 #[cfg(feature = "wasm")]
 pub mod wasm;

@@ -126,6 +126,9 @@ pub trait LlmProvider: Send + Sync {
     /// A short name for logs and usage records, e.g. `openai` or `local`.
     fn name(&self) -> &str;
 
+    /// The model a request goes to when it names none.
+    fn model(&self) -> &str;
+
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError>;
 
     /// Sends each piece of text to `tokens` as it is generated, then returns the whole answer.

@@ -28,6 +28,10 @@
 //!   [`ZENOH_RUNTIME_DEFAULT`], one runtime with one worker instead of five with six.
 //! - `MOFA_HEARTBEAT_MS` (default 1000; 0: none): across machines, how often a heartbeat goes
 //!   out on each output that a node on another machine takes ([`crate::placement`]).
+//! - `MOFA_METRICS_ADDR` (default: none): where to serve the node's Prometheus metrics
+//!   ([`crate::metrics`]), e.g. `127.0.0.1:9464`; port 0 takes a free port, logged.
+//! - `OTEL_EXPORTER_OTLP_ENDPOINT` (and OpenTelemetry's other `OTEL_*` variables): where to
+//!   export the node's traces by OTLP/HTTP ([`crate::telemetry`]); no traces without it.
 //! - `MOFA_PEER_TIMEOUT_MS` (default 10000; 0: never; at least twice `MOFA_HEARTBEAT_MS`): how
 //!   long an input from another machine may be silent, once its sender has been heard from,
 //!   before the kernel treats it as closed: the handler gets [`Handler::on_input_closed`] and
@@ -50,10 +54,13 @@ use dora_node_api::{DoraNode, Event, EventStream, MetadataParameters, Parameter}
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::config::{self, ConfigError};
 use crate::envelope::{self, Envelope, Kind, Role, SCHEMA, SCHEMA_KEY};
+use crate::metrics::metrics;
 use crate::placement::{self, Peer, Placement};
+use crate::telemetry::{self, TRACE_KEY, Traces};
 
 /// The dora metadata parameter that marks a heartbeat; its value is the sender's machine.
 pub const HEARTBEAT_KEY: &str = "mofa.heartbeat";
@@ -151,6 +158,8 @@ enum Outgoing {
         batch: Vec<Envelope>,
         /// Extra dora metadata parameters for this send (besides the schema).
         meta: Vec<(String, String)>,
+        /// Each row's `traceparent` when traces are on, else empty.
+        traces: Vec<String>,
     },
     Close,
 }
@@ -159,6 +168,7 @@ struct Shared {
     node_id: String,
     /// The running dataflow as dora describes it (JSON); `Null` when dora gives none (tests).
     descriptor: serde_json::Value,
+    traces: Traces,
     /// Inputs closed because their sender's machine went silent.
     lost: Mutex<BTreeMap<String, Lost>>,
     out: mpsc::UnboundedSender<Outgoing>,
@@ -206,11 +216,30 @@ impl Ctx {
         if batch.is_empty() {
             return;
         }
+        metrics().sent(self.node_id(), output, batch.len());
+        let traces = if telemetry::on() {
+            batch
+                .iter()
+                .map(|m| self.shared.traces.send(output, m))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let _ = self.shared.out.send(Outgoing::Send {
             output: output.to_owned(),
             batch,
             meta,
+            traces,
         });
+    }
+
+    /// Makes `span` a child of the span that received `msg` (or of its session's), in the
+    /// session's trace: a node's own spans, e.g. an LLM call, join the trace of what they do.
+    pub fn trace_within(&self, span: &tracing::Span, msg: &Envelope) {
+        if telemetry::on() {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let _ = span.set_parent(self.shared.traces.parent_of(msg));
+        }
     }
 
     pub fn send_one(&self, output: &str, msg: Envelope) {
@@ -330,6 +359,12 @@ fn set_process_defaults() {
 pub fn main<H: Handler>(make: impl FnOnce() -> Result<H, ConfigError>) -> ExitCode {
     set_process_defaults();
     init_logging();
+    let code = run_main(make);
+    telemetry::shutdown();
+    code
+}
+
+fn run_main<H: Handler>(make: impl FnOnce() -> Result<H, ConfigError>) -> ExitCode {
     let handler = match make() {
         Ok(h) => h,
         Err(e) => {
@@ -354,16 +389,26 @@ pub fn main<H: Handler>(make: impl FnOnce() -> Result<H, ConfigError>) -> ExitCo
     }
 }
 
-/// Logs go to stderr, which dora keeps per node (`dora logs`).
+/// Logs go to stderr, which dora keeps per node (`dora logs`); spans also go by OTLP when an
+/// endpoint is set ([`crate::telemetry`]), as the service named like the node.
 pub fn init_logging() {
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // llama.cpp reports every load and context detail at info: keep its warnings only.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama_cpp_2=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        // The trace spans go to OTLP only: in the log they would prefix every line.
+        .with_filter(filter.and(tracing_subscriber::filter::filter_fn(|m| {
+            !(m.is_span() && m.target() == telemetry::TARGET)
+        })));
+    let service = telemetry::node_id_from_env().unwrap_or_else(|| "mofa".into());
+    let _ = tracing_subscriber::registry()
+        .with(telemetry::otel_layer(&service))
+        .with(logs)
         .try_init();
 }
 
@@ -377,6 +422,12 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
     let text_outputs: HashSet<String> = config::optional("MOFA_TEXT_OUTPUTS")
         .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
         .unwrap_or_default();
+    let metrics_addr = config::optional("MOFA_METRICS_ADDR")
+        .map(|v| {
+            v.parse::<std::net::SocketAddr>()
+                .map_err(|e| ConfigError::invalid("MOFA_METRICS_ADDR", &v, e))
+        })
+        .transpose()?;
     let heartbeat = config::millis_or("MOFA_HEARTBEAT_MS", Duration::from_secs(1))?;
     let peer_timeout = config::millis_or("MOFA_PEER_TIMEOUT_MS", Duration::from_secs(10))?;
     check_peer_timeout(heartbeat, peer_timeout)?;
@@ -436,6 +487,7 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
         shared: Arc::new(Shared {
             node_id,
             descriptor,
+            traces: Traces::default(),
             lost: Mutex::new(BTreeMap::new()),
             out: out_tx.clone(),
             tasks: Mutex::new(JoinSet::new()),
@@ -447,6 +499,18 @@ pub fn run<H: Handler>(node: DoraNode, events: EventStream, handler: H) -> Resul
         runtime.worker_threads(n.get());
     }
     let runtime = runtime.enable_all().build().expect("tokio runtime");
+    if let Some(addr) = metrics_addr {
+        match runtime.block_on(crate::metrics::serve(addr)) {
+            Ok(bound) => tracing::info!("metrics on http://{bound}/metrics"),
+            Err(e) => {
+                return Err(ConfigError::invalid(
+                    "MOFA_METRICS_ADDR",
+                    addr.to_string(),
+                    format!("cannot listen there: {e}"),
+                ));
+            }
+        }
+    }
     let events = runtime.block_on(event_loop(ctx, events, handler, stop_timeout, watch));
     drop(runtime);
     let _ = out_tx.send(Outgoing::Close);
@@ -488,6 +552,7 @@ fn heartbeat_loop(
                 output: output.clone(),
                 batch: vec![beat],
                 meta: vec![(HEARTBEAT_KEY.to_owned(), machine.clone())],
+                traces: Vec::new(),
             });
             if sent.is_err() {
                 return;
@@ -599,23 +664,43 @@ async fn event_loop<H: Handler>(
                 }
                 match envelope::from_arrow(data.as_array().as_ref(), input) {
                     Ok(batch) => {
+                        metrics().received(ctx.node_id(), input, batch.len());
                         let meta: Meta = metadata
                             .parameters
                             .iter()
-                            .filter(|(k, _)| k.as_str() != SCHEMA_KEY)
+                            .filter(|(k, _)| k.as_str() != SCHEMA_KEY && k.as_str() != TRACE_KEY)
                             .filter_map(|(k, v)| match v {
                                 Parameter::String(s) => Some((k.clone(), s.clone())),
                                 _ => None,
                             })
                             .collect();
-                        for msg in batch {
+                        let parents: Vec<&str> = match metadata.parameters.get(TRACE_KEY) {
+                            Some(Parameter::String(s)) => s.split(' ').collect(),
+                            _ => Vec::new(),
+                        };
+                        for (i, msg) in batch.into_iter().enumerate() {
                             let cause = msg.clone();
-                            if let Err(f) = handler.on_message_meta(&ctx, input, msg, &meta).await {
+                            let span =
+                                ctx.shared
+                                    .traces
+                                    .receive(input, &msg, parents.get(i).copied());
+                            let started = Instant::now();
+                            let handled = handler
+                                .on_message_meta(&ctx, input, msg, &meta)
+                                .instrument(span)
+                                .await;
+                            metrics().handled(
+                                ctx.node_id(),
+                                input,
+                                started.elapsed().as_secs_f64(),
+                            );
+                            if let Err(f) = handled {
                                 ctx.fail(&cause, f);
                             }
                         }
                     }
                     Err(e) => {
+                        metrics().received(ctx.node_id(), input, 1);
                         let array = data.as_array();
                         let cause = Envelope::new(Kind::Message, input, Role::User, "")
                             .with_session(envelope::new_id());
@@ -677,8 +762,8 @@ async fn drain(ctx: &Ctx, bound: Duration) {
     }
 }
 
-/// One array to send: output, metadata parameters, rows.
-type Batch = (String, Vec<(String, String)>, Vec<Envelope>);
+/// One array to send: output, metadata parameters, rows, their `traceparent`s.
+type Batch = (String, Vec<(String, String)>, Vec<Envelope>, Vec<String>);
 
 /// Most rows sent in one Arrow array when messages queue up.
 const MAX_BATCH_ROWS: usize = 256;
@@ -695,9 +780,10 @@ fn send_loop(
         output,
         batch,
         meta,
+        traces,
     }) = out.blocking_recv()
     {
-        let mut pending: Vec<Batch> = vec![(output, meta, batch)];
+        let mut pending: Vec<Batch> = vec![(output, meta, batch, traces)];
         let mut rows = pending[0].2.len();
         let mut closing = false;
         while rows < MAX_BATCH_ROWS {
@@ -706,13 +792,17 @@ fn send_loop(
                     output,
                     batch,
                     meta,
+                    traces,
                 }) => {
                     rows += batch.len();
                     // Joins the output's latest batch if their metadata match; otherwise a
                     // new array follows it, so the order on each output holds.
-                    match pending.iter_mut().rev().find(|(o, _, _)| *o == output) {
-                        Some((_, m, queued)) if *m == meta => queued.extend(batch),
-                        _ => pending.push((output, meta, batch)),
+                    match pending.iter_mut().rev().find(|(o, _, _, _)| *o == output) {
+                        Some((_, m, queued, queued_traces)) if *m == meta => {
+                            queued.extend(batch);
+                            queued_traces.extend(traces);
+                        }
+                        _ => pending.push((output, meta, batch, traces)),
                     }
                 }
                 Ok(Outgoing::Close) => {
@@ -722,10 +812,13 @@ fn send_loop(
                 Err(_) => break,
             }
         }
-        for (output, meta, batch) in pending {
+        for (output, meta, batch, traces) in pending {
             let mut params = MetadataParameters::default();
             for (k, v) in meta {
                 params.insert(k, Parameter::String(v));
+            }
+            if !traces.is_empty() && traces.len() == batch.len() {
+                params.insert(TRACE_KEY.into(), Parameter::String(traces.join(" ")));
             }
             let array = if text_outputs.contains(&output) {
                 envelope::to_text_arrow(&batch)

@@ -80,6 +80,11 @@ impl Recorded {
             .unwrap_or_default()
     }
 
+    /// The `prompt_tokens` the mock reported for this request (a word count of the prompt).
+    pub fn prompt_tokens(&self) -> u32 {
+        words(&self.prompt())
+    }
+
     pub fn system(&self) -> String {
         self.body["messages"][0]["content"]
             .as_str()

@@ -210,6 +210,10 @@ impl LlmProvider for LocalProvider {
         "local"
     }
 
+    fn model(&self) -> &str {
+        &self.name
+    }
+
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
         self.run(request, None).await
     }

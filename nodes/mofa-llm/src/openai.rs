@@ -179,6 +179,10 @@ impl LlmProvider for OpenAiProvider {
         "openai"
     }
 
+    fn model(&self) -> &str {
+        &self.config.model
+    }
+
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
         let resp = self.send(&self.body(request, false)).await?;
         let text = resp.text().await.map_err(|e| self.transport_error(e))?;
