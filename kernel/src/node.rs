@@ -233,6 +233,14 @@ impl Ctx {
         });
     }
 
+    /// Traces the envelopes that answer `msg` (by `reply_to`) under `span`, e.g. the requests
+    /// an agent makes for a task under the span of its work on the task.
+    pub fn trace_replies_under(&self, msg: &Envelope, span: &tracing::Span) {
+        if telemetry::on() {
+            self.shared.traces.replies_under(msg, span);
+        }
+    }
+
     /// Makes `span` a child of the span that received `msg` (or of its session's), in the
     /// session's trace: a node's own spans, e.g. an LLM call, join the trace of what they do.
     pub fn trace_within(&self, span: &tracing::Span, msg: &Envelope) {

@@ -90,6 +90,8 @@ pub(crate) fn otel_layer(service: &str) -> Option<Box<dyn Layer<Registry> + Send
     let tracer = provider.tracer("mofa");
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer.clone())
+        .with_tracked_inactivity(false)
+        .with_threads(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::TRACE),
         );
@@ -315,6 +317,15 @@ impl Traces {
         );
         let _ = span.set_parent(Context::new().with_remote_span_context(parent));
         traceparent(&context_of(&span))
+    }
+
+    /// Traces what answers `msg` under `span` instead of under the span that received it.
+    pub(crate) fn replies_under(&self, msg: &Envelope, span: &tracing::Span) {
+        let sc = context_of(span);
+        if sc.is_valid() {
+            let mut by_message = self.by_message.lock().expect("traces");
+            by_message.map.insert(msg.id.clone(), sc);
+        }
     }
 
     /// The parent of a span about `msg`: the span that received it, else the session's.

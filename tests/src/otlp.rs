@@ -33,6 +33,8 @@ pub struct Span {
     pub parent_span_id: String,
     /// 1 internal, 2 server, 3 client, 4 producer, 5 consumer.
     pub kind: i32,
+    /// 0 unset, 1 ok, 2 error; and the error's message.
+    pub status: (i32, String),
     pub attributes: BTreeMap<String, Value>,
 }
 
@@ -130,6 +132,7 @@ async fn export(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> impl
                     span_id: hex(&s.span_id),
                     parent_span_id: hex(&s.parent_span_id),
                     kind: s.kind,
+                    status: s.status.map(|st| (st.code, st.message)).unwrap_or_default(),
                     attributes: attributes(&s.attributes),
                 });
             }

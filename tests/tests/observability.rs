@@ -13,7 +13,7 @@ use mofa_kernel::node::{Ctx, Failure, Handler};
 use mofa_kernel::{Envelope, Kind, Role};
 use mofa_tests::dora;
 use mofa_tests::harness::{self, envelopes, raw};
-use mofa_tests::mock_llm::{MockLlm, save_then_compute};
+use mofa_tests::mock_llm::{MockLlm, Rule, Script, save_then_compute};
 use mofa_tests::otlp::{Receiver, Span};
 
 const TASK: &str = "Save a note about otters, then compute 17 * 23.";
@@ -124,6 +124,29 @@ fn one_session_is_one_trace_across_every_process_it_crosses() {
         }
     }
 
+    // The agent's work on the task is one `invoke_agent` span; what it sends for the task
+    // goes under it.
+    let invokes: Vec<&&Span> = in_session
+        .iter()
+        .filter(|s| s.name == "invoke_agent agent")
+        .collect();
+    assert_eq!(invokes.len(), 1, "{in_session:#?}");
+    let invoke = invokes[0];
+    assert_eq!(invoke.service, "agent");
+    assert_eq!(invoke.attr("gen_ai.operation.name"), "invoke_agent");
+    assert_eq!(invoke.attr("gen_ai.agent.name"), "agent");
+    assert_eq!(invoke.attr("mofa.steps"), 2);
+    assert_eq!(
+        parent(invoke).map(|p| p.name.as_str()),
+        Some("receive task")
+    );
+    for s in in_session
+        .iter()
+        .filter(|s| s.service == "agent" && s.name.starts_with("send "))
+    {
+        assert_eq!(s.parent_span_id, invoke.span_id, "{s:#?}");
+    }
+
     // The LLM calls, by the GenAI semantic conventions, under the request they answer.
     let chats: Vec<&&Span> = in_session
         .iter()
@@ -164,6 +187,14 @@ fn one_session_is_one_trace_across_every_process_it_crosses() {
         input_tokens, asked,
         "each span has the usage the model reported"
     );
+    let total = |key: &str| -> u64 { chats.iter().map(|c| c.attr(key).as_u64().unwrap()).sum() };
+    for key in ["gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"] {
+        assert_eq!(
+            invoke.attr(key).as_u64(),
+            Some(total(key)),
+            "the task's {key}"
+        );
+    }
     let reasons: BTreeSet<String> = chats
         .iter()
         .map(|c| c.attr("gen_ai.response.finish_reasons").to_string())
@@ -172,6 +203,47 @@ fn one_session_is_one_trace_across_every_process_it_crosses() {
         reasons,
         BTreeSet::from([r#"["stop"]"#.to_owned(), r#"["tool_calls"]"#.to_owned()])
     );
+}
+
+#[test]
+fn a_failed_llm_call_is_an_error_in_the_sessions_trace() {
+    let receiver = Receiver::start();
+    let mock = MockLlm::start(Script {
+        rules: vec![Rule {
+            status: Some(503),
+            ..Default::default()
+        }],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = react_env(&mock, &dir.path().join("sandbox"));
+    env.extend([
+        ("MOFA_TASK", "What is 17 * 23?".to_owned()),
+        ("MOFA_LLM_RETRIES", "0".into()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+    ]);
+    let (lines, _) = dora::run_to_sink("react.yml", &env, Duration::from_secs(90));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["kind"], "error");
+    let trace = lines[0]["session"].as_str().unwrap().replace('-', "");
+    let spans = spans_when(&receiver, Duration::from_secs(20), |s| {
+        s.iter().any(|s| s.service == "sink")
+    });
+    let named = |name: &str| -> Span {
+        spans
+            .iter()
+            .find(|s| s.trace_id == trace && s.name == name)
+            .unwrap_or_else(|| panic!("no {name}: {spans:#?}"))
+            .clone()
+    };
+    let chat = named("chat otter-7b");
+    assert_eq!(chat.attr("error.type"), "503");
+    assert_eq!(chat.status.0, 2, "an error status: {chat:#?}");
+    assert!(chat.status.1.contains("HTTP 503"), "{chat:#?}");
+    assert!(chat.attr("gen_ai.usage.input_tokens").is_null());
+    let invoke = named("invoke_agent agent");
+    assert_eq!(invoke.status.0, 2, "{invoke:#?}");
+    assert!(invoke.status.1.contains("LLM failed"), "{invoke:#?}");
+    assert_eq!(named("receive error").service, "sink");
 }
 
 /// `GET /metrics` from `addr`; the body.

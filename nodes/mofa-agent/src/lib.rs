@@ -39,6 +39,7 @@ use mofa_kernel::config::{self, ConfigError};
 use mofa_kernel::llm::{ChatMessage, ChatOptions, ChatRequest, ChatResponse, ToolCall, Usage};
 use mofa_kernel::node::{Ctx, Deadline, Failure, Handler};
 use mofa_kernel::queue::PriorityQueue;
+use mofa_kernel::telemetry;
 use mofa_kernel::tool::{self as wire, ToolSpec};
 use mofa_kernel::{Envelope, Kind, Role};
 
@@ -160,6 +161,8 @@ struct Pending {
     usage: Usage,
     /// The current phase's deadline; dropped with the phase.
     _deadline: Option<Deadline>,
+    /// The task's `invoke_agent` span (GenAI conventions); it ends with the task.
+    span: tracing::Span,
 }
 
 #[derive(Default)]
@@ -267,6 +270,7 @@ impl Agent {
         }
         let mut messages = vec![ChatMessage::new(Role::System, &self.cfg.system_prompt)];
         messages.extend(session.history.iter().cloned());
+        let span = self.invoke_span(ctx, &task);
         let mut pending = Pending {
             task,
             step: 0,
@@ -276,6 +280,7 @@ impl Agent {
             steps: Vec::new(),
             usage: Usage::default(),
             _deadline: None,
+            span,
         };
         self.ask_llm(ctx, &st.tools, &mut pending);
         if let Some(s) = st.sessions.get_mut(&pending.task.session) {
@@ -545,6 +550,26 @@ impl Agent {
         Ok(())
     }
 
+    /// The span of the agent's work on `task`, under the span that received it; the requests
+    /// it makes for the task go under it.
+    fn invoke_span(&self, ctx: &Ctx, task: &Envelope) -> tracing::Span {
+        if !telemetry::on() {
+            return tracing::Span::none();
+        }
+        let name = self.name(ctx);
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            parent: None,
+            "invoke_agent",
+            otel.name = %format!("invoke_agent {name}"),
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = name,
+        );
+        ctx.trace_within(&span, task);
+        ctx.trace_replies_under(task, &span);
+        span
+    }
+
     /// Ends a task: its result (text, model) or its failure; then the session's next task.
     fn finish(
         &self,
@@ -554,6 +579,20 @@ impl Agent {
         outcome: Result<(String, String), Failure>,
     ) -> Result<(), Failure> {
         let task = &p.task;
+        if telemetry::on() {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let span = &p.span;
+            span.set_attribute(
+                "gen_ai.usage.input_tokens",
+                i64::from(p.usage.prompt_tokens),
+            );
+            let output = i64::from(p.usage.completion_tokens);
+            span.set_attribute("gen_ai.usage.output_tokens", output);
+            span.set_attribute("mofa.steps", p.steps.len() as i64);
+            if let Err(f) = &outcome {
+                span.set_status(opentelemetry::trace::Status::error(f.message.clone()));
+            }
+        }
         match outcome {
             Ok((text, model)) => {
                 if let Some(s) = st.sessions.get_mut(&task.session) {
