@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use mofa_kernel::{Envelope, Kind};
+use mofa_kernel::{Envelope, Kind, Role};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -190,10 +190,12 @@ impl Board {
             }
         }
 
-        // An LLM answer (ChatResponse::to_envelope): its payload's `usage` counts toward the
-        // agent it names, else the node the tapped edge feeds.
+        // An LLM answer (ChatResponse::to_envelope: an assistant `message`): its payload's
+        // `usage` counts toward the agent it names, else the node the tapped edge feeds. An
+        // agent's `result` carries its task's summed usage too: counting it would count twice.
         let payload = msg.payload_json().unwrap_or(Value::Null);
-        if msg.kind != Kind::Error && payload["usage"].is_object() {
+        if msg.kind == Kind::Message && msg.role == Role::Assistant && payload["usage"].is_object()
+        {
             let usage = &payload["usage"];
             let agent = payload["agent"]
                 .as_str()

@@ -188,9 +188,13 @@ fn tokens_and_cost_count_toward_the_named_agent_else_the_node_the_edge_feeds() {
         ),
         3,
     );
-    // Not an LLM answer: a task, a usage that is not an object, a payload that is not JSON.
+    // Not an LLM answer: a task, an agent's result with its task's summed usage, a usage that
+    // is not an object, a payload that is not JSON.
     b.record("source_task", &Envelope::task("source", "q"), 4);
-    let mut odd = Envelope::task("llm", "x");
+    let mut result = llm_answer("done", 500, 50, json!({}));
+    result.kind = Kind::Result;
+    b.record("agent_result", &result, 4);
+    let mut odd = llm_answer("x", 1, 1, json!({}));
     odd.payload = Some(r#"{"usage": 12}"#.into());
     b.record("llm_agent", &odd, 5);
     odd.payload = Some("not json {".into());

@@ -3,7 +3,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const BOX_W = 120, BOX_H = 38, COL = 230, ROW = 110, PAD = 40;
+const BOX_W = 120, BOX_H = 38, COL = 300, ROW = 170, PAD = 40, BEND = 60;
 
 let graph = null;
 const edgeLabels = new Map(); // tap ("source/output") -> [<text>] on the drawn edges
@@ -58,7 +58,7 @@ function edgeGeometry(g, pos) {
       const [p, q] = e.source < e.target ? [a, b] : [b, a];
       const dx = q.x - p.x, dy = q.y - p.y, len = Math.hypot(dx, dy) || 1;
       const nx = -dy / len, ny = dx / len;
-      const bend = (i - (es.length - 1) / 2) * 46;
+      const bend = (i - (es.length - 1) / 2) * BEND;
       const mx = (a.x + b.x) / 2 + nx * bend, my = (a.y + b.y) / 2 + ny * bend;
       const end = trim(b, mx, my);
       geo.set(e.id, { d: `M ${a.x} ${a.y} Q ${mx} ${my} ${end.x} ${end.y}`, lx: (a.x + 2 * mx + end.x) / 4, ly: (a.y + 2 * my + end.y) / 4 });
@@ -80,11 +80,15 @@ function draw(g) {
   const { pos, width, height } = layout(g);
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const defs = el(SVG, "defs");
-  const marker = el(SVG, "marker", { id: "arrow", viewBox: "0 0 10 10", refX: "10", refY: "5", markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse" });
+  // In user units: a highlighted (thicker) edge keeps the same arrow.
+  const marker = el(SVG, "marker", { id: "arrow", viewBox: "0 0 10 10", refX: "10", refY: "5", markerUnits: "userSpaceOnUse", markerWidth: "10", markerHeight: "10", orient: "auto-start-reverse" });
   marker.append(el(SVG, "path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#7d8799" }));
   defs.append(marker);
   svg.append(defs);
   const geo = edgeGeometry(g, pos);
+  // Labels above every line, nodes above both.
+  const lines = el(SVG, "g"), labels = el(SVG, "g");
+  svg.append(lines, labels);
   for (const e of g.edges) {
     const { d, lx, ly } = geo.get(e.id);
     const group = el(SVG, "g", { class: e.tap ? "edge tapped" : "edge", "data-edge": e.id });
@@ -92,15 +96,21 @@ function draw(g) {
     const title = el(SVG, "title", {}, e.id);
     path.append(title);
     group.append(path);
-    group.append(el(SVG, "text", { x: lx, y: ly - 4, class: "name" }, e.output === e.input ? e.output : `${e.output} → ${e.input}`));
+    // One line per edge: edges between the same nodes are BEND / 2 apart at their middles.
+    const label = el(SVG, "text", { x: lx, y: ly + 4 });
+    label.append(el(SVG, "tspan", { class: "name" }, e.output === e.input ? e.output : `${e.output} → ${e.input}`));
+    const tag = el(SVG, "g", { class: "edge-label" });
+    tag.append(el(SVG, "rect"), label);
+    labels.append(tag);
     if (e.tap) {
-      const figures = el(SVG, "text", { x: lx, y: ly + 10, "data-figures": e.tap }, "0 · 0.0/s");
-      group.append(figures);
+      const figures = el(SVG, "tspan", { "data-figures": e.tap, dx: "6" }, "0 · 0.0/s");
+      label.append(figures);
       if (!edgeLabels.has(e.tap)) { edgeLabels.set(e.tap, []); edgePaths.set(e.tap, []); }
       edgeLabels.get(e.tap).push(figures);
       edgePaths.get(e.tap).push(group);
     }
-    svg.append(group);
+    lines.append(group);
+    fitBackground(label);
   }
   for (const n of g.nodes) {
     const p = pos.get(n.id);
@@ -120,6 +130,16 @@ function draw(g) {
     body.append(row);
     edgeRows.set(tap, row);
   }
+}
+
+// The white box behind an edge's label, so lines crossing it do not cut through the text.
+function fitBackground(label) {
+  const bg = label.previousElementSibling;
+  const b = label.getBBox();
+  bg.setAttribute("x", b.x - 3);
+  bg.setAttribute("y", b.y - 1);
+  bg.setAttribute("width", b.width + 6);
+  bg.setAttribute("height", b.height + 2);
 }
 
 function showLatest(tap, m) {
@@ -142,6 +162,7 @@ function showFigures(tap, total, rate) {
   for (const t of edgeLabels.get(tap) || []) {
     const r = rate !== undefined ? rate : parseFloat(t.textContent.split("·")[1]) || 0;
     t.textContent = `${total} · ${r.toFixed(1)}/s`;
+    fitBackground(t.parentNode);
   }
 }
 
