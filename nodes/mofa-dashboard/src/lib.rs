@@ -1,7 +1,8 @@
 //! mofa-dashboard: a live web page of a running dataflow, fed by taps on its edges.
 //!
 //! Inputs: any ids, each a tap on an edge to show (`tap_result: agent/result`); the dashboard
-//! learns which output each input taps from the dataflow's descriptor. Outputs: none. The page
+//! learns which output each input taps from the dataflow's descriptor. Output: `error`, where
+//! the kernel reports a tapped message it could not read (malformed Arrow). The page
 //! draws the whole dataflow (every node and edge of the descriptor, the dashboard and its taps
 //! left out) and, live, per tapped edge the message count, the rate (messages per second over
 //! the last 10 s) and the latest message; per agent the tokens and cost of its LLM answers;

@@ -9,7 +9,7 @@ use mofa_dashboard::board::{Board, PREVIEW_CHARS, RATE_WINDOW_MS, preview};
 use mofa_dashboard::graph::Graph;
 use mofa_dashboard::{DashboardConfig, DashboardNode};
 use mofa_kernel::{Envelope, Kind, Role};
-use mofa_tests::harness::{self, closed, envelope, raw};
+use mofa_tests::harness::{self, closed, envelope, on, raw};
 use serde_json::{Value, json};
 
 /// dataflows/dashboard.yml as JSON, the shape of dora's descriptor.
@@ -303,7 +303,17 @@ fn the_handler_takes_any_envelope_and_survives_malformed_input() {
         envelope(0.5, "stray", &Envelope::task("x", "hello")),
         closed(0.6, "source_task"),
     ];
-    harness::run(node, events);
+    let sent = harness::run(node, events);
+    // The kernel reported the array it could not read, and nothing else went wrong.
+    let errors = on(&sent, "error");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0]
+            .content
+            .contains("malformed message on input `agent_result`"),
+        "{}",
+        errors[0].content
+    );
     let s = dash.snapshot(mofa_kernel::envelope::now_ms());
     assert_eq!(s.messages, 5, "{s:#?}");
     assert_eq!(s.edges["source/task"].total, 1);
