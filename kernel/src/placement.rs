@@ -108,7 +108,7 @@ impl Placement {
 }
 
 /// `node/output` of an input definition: a plain string, or `{source: ..., ...}`.
-fn source_of(def: &Value) -> Option<(&str, &str)> {
+pub fn source_of(def: &Value) -> Option<(&str, &str)> {
     let mapping = match def {
         Value::String(s) => s.as_str(),
         Value::Object(o) => o.get("source")?.as_str()?,
