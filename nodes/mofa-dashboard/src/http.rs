@@ -15,9 +15,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::State;
+use axum::http::header;
+use axum::middleware;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -34,7 +34,8 @@ const PAGE: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/app.js");
 const STYLE: &str = include_str!("page/style.css");
 
-/// The routes; with `loopback_only`, requests for a non-loopback `Host` are refused.
+/// The routes; with `loopback_only`, mofa-human's guard: requests for a non-loopback `Host` or
+/// from a non-loopback `Origin` are refused.
 pub fn router(dashboard: Dashboard, loopback_only: bool) -> Router {
     let router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -48,7 +49,7 @@ pub fn router(dashboard: Dashboard, loopback_only: bool) -> Router {
         .route("/events", get(events))
         .with_state(dashboard);
     if loopback_only {
-        router.layer(middleware::from_fn(loopback_host))
+        router.layer(middleware::from_fn(mofa_human::http::loopback_only))
     } else {
         router
     }
@@ -56,30 +57,6 @@ pub fn router(dashboard: Dashboard, loopback_only: bool) -> Router {
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
-}
-
-async fn loopback_host(req: Request, next: Next) -> Response {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    if !host
-        .as_deref()
-        .is_some_and(mofa_human::http::is_loopback_host)
-    {
-        tracing::warn!("refused a request for host {host:?}: only loopback names are served");
-        return (
-            StatusCode::FORBIDDEN,
-            "only localhost and 127.0.0.1 are served",
-        )
-            .into_response();
-    }
-    let mut res = next.run(req).await;
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
 }
 
 async fn graph(State(d): State<Dashboard>) -> Response {

@@ -79,7 +79,9 @@ fn is_loopback_origin(origin: &str) -> bool {
     }
 }
 
-async fn loopback_only(req: Request, next: Next) -> Response {
+/// Middleware: refuses requests for a non-loopback `Host` or from a non-loopback `Origin` (a
+/// DNS-rebinding and cross-site guard), and marks answers not to be cached or framed.
+pub async fn loopback_only(req: Request, next: Next) -> Response {
     let host = req
         .headers()
         .get(header::HOST)
