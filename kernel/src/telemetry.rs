@@ -217,6 +217,7 @@ impl Recent {
         self.map.get(k).cloned()
     }
 
+    /// Sets `k` (a new key is the newest; a known one keeps its place).
     fn put(&mut self, k: &str, v: SpanContext) {
         if self.map.insert(k.to_owned(), v).is_none() {
             self.order.push_back(k.to_owned());
@@ -323,8 +324,7 @@ impl Traces {
     pub(crate) fn replies_under(&self, msg: &Envelope, span: &tracing::Span) {
         let sc = context_of(span);
         if sc.is_valid() {
-            let mut by_message = self.by_message.lock().expect("traces");
-            by_message.map.insert(msg.id.clone(), sc);
+            self.by_message.lock().expect("traces").put(&msg.id, sc);
         }
     }
 
