@@ -127,19 +127,24 @@ fn a_changed_rules_file_takes_effect_and_a_broken_one_leaves_the_old_rules_runni
     let (_dir, path, router) = router_on(RULES);
     let tasks: Vec<Envelope> = (0..3).map(|_| Envelope::task("src", "2+2")).collect();
     // While the node runs: a broken version at 0.3 s, a working one (sums to the writer) at
-    // 0.9 s.
+    // 0.9 s. Each saved whole (written beside, renamed over): a plain save's empty moment is
+    // the watcher's own test (kernel::watch), and a stalled test thread could leave it there
+    // long enough to be read as a third version.
     let editor = {
         let path = path.clone();
+        let save = move |text: &str| {
+            let beside = path.with_extension("saving");
+            std::fs::write(&beside, text).unwrap();
+            std::fs::rename(&beside, &path).unwrap();
+        };
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
-            std::fs::write(&path, "rules: [{name: broken, condition: '(('}]").unwrap();
+            save("rules: [{name: broken, condition: '(('}]");
             std::thread::sleep(Duration::from_millis(600));
-            std::fs::write(
-                &path,
+            save(
                 "rules: [{name: sums, condition: 'msg.content.contains(\"+\")', \
                  actions: [{emit: {output: writer}}]}]",
-            )
-            .unwrap();
+            );
         })
     };
     let sent = harness::run(

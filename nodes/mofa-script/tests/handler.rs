@@ -158,16 +158,25 @@ fn a_changed_script_takes_effect_and_a_broken_one_leaves_the_old_running() {
     let dir = tempfile::tempdir().unwrap();
     let n = node(dir.path(), Mode::Task, r#""v1""#);
     let path = dir.path().join("s.rhai");
+    // Each version saved whole (written beside, renamed over): a plain save's empty moment is
+    // the watcher's own test (kernel::watch), and a stalled test thread could leave it there
+    // long enough to be read as a version of its own.
+    let save = move |text: &str| {
+        let beside = path.with_extension("saving");
+        std::fs::write(&beside, text).unwrap();
+        std::fs::rename(&beside, &path).unwrap();
+    };
     let writer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
-        std::fs::write(&path, r#""v2""#).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        std::fs::write(&path, "let = ;").unwrap();
+        save(r#""v2""#);
+        std::thread::sleep(Duration::from_millis(700));
+        save("let = ;");
     });
     let at = |t: f64, c: &str| envelope(t, "in", &Envelope::task("src", c));
     let sent = harness::run(
         n,
-        vec![at(0.1, "a"), at(0.5, "b"), at(0.9, "c"), at(1.1, "d")],
+        // Each at least 0.3 s past the save before it has settled and been seen (0.15 s).
+        vec![at(0.1, "a"), at(0.8, "b"), at(1.5, "c"), at(1.7, "d")],
     );
     writer.join().unwrap();
     let out: Vec<String> = on(&sent, "out").iter().map(|e| e.content.clone()).collect();
