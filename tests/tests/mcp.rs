@@ -124,24 +124,21 @@ fn an_mcp_server_that_dies_mid_call_is_an_error_observation_and_the_agent_goes_o
             },
         ],
     });
-    // Kill the server while the call is in flight.
+    // Kill the server while the call is in flight: the model's answer (its first request) comes
+    // once the server has connected and its tools are in the catalog, and the call it asks for
+    // goes out right after and lasts 20 s. (Timed from the server's start instead, a slow start
+    // on a busy machine could kill it before its tools were listed.)
+    let mock = std::sync::Arc::new(mock);
     let killer = {
-        let marker = marker.clone();
+        let (marker, mock) = (marker.clone(), mock.clone());
         std::thread::spawn(move || {
-            let running = || {
-                std::process::Command::new("pgrep")
-                    .args(["-f", &marker])
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            };
-            for _ in 0..600 {
-                if running() {
+            for _ in 0..900 {
+                if !mock.requests().is_empty() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            // The call starts right after the server does and lasts 20 s: this is mid-call.
-            std::thread::sleep(Duration::from_secs(4));
+            std::thread::sleep(Duration::from_secs(2));
             let _ = std::process::Command::new("pkill")
                 .args(["-f", &marker])
                 .status();
