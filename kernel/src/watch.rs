@@ -54,9 +54,41 @@ pub fn settled(modified: SystemTime) -> bool {
     modified.elapsed().is_ok_and(|age| age >= SETTLE)
 }
 
+/// One look at a watched folder, on tokio's blocking pool (a look reads and may compile).
+/// `None` when the runtime is shutting down: the node is stopping, the look never ran, and a
+/// watcher ends quietly instead of reporting the folder as broken. A panic in `look` is an
+/// error naming it.
+pub async fn look_blocking<T: Send + 'static>(
+    look: impl FnOnce() -> T + Send + 'static,
+) -> Option<Result<T, String>> {
+    match tokio::task::spawn_blocking(look).await {
+        Ok(seen) => Some(Ok(seen)),
+        Err(e) if e.is_cancelled() => None,
+        Err(e) => Some(Err(e.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_look_is_none_once_the_runtime_is_going_down_and_a_panic_is_an_error() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        assert_eq!(rt.block_on(look_blocking(|| 7)), Some(Ok(7)));
+        let panicked = rt.block_on(look_blocking(|| -> u8 { panic!("bad folder") }));
+        assert!(
+            panicked
+                .as_ref()
+                .is_some_and(|r| r.as_ref().is_err_and(|e| e.contains("panicked"))),
+            "{panicked:?}"
+        );
+        // A node stopping: its runtime shuts down while the watcher is still ticking.
+        let handle = rt.handle().clone();
+        rt.shutdown_background();
+        let _inside = handle.enter();
+        assert_eq!(futures::executor::block_on(look_blocking(|| 7)), None);
+    }
 
     #[test]
     fn a_watched_file_is_read_only_once_it_has_settled() {

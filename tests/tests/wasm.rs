@@ -234,27 +234,9 @@ fn a_plugin_rebuilt_while_the_dataflow_runs_serves_the_next_message() {
         ),
     )
     .unwrap();
-    let running = dora::spawn_run(
-        &yml,
-        &[("MOFA_OUT", sink.display().to_string())],
-        Duration::from_secs(60),
-    );
-    // Once three tasks are through, version 1.1.0 masks with `*` instead of `#`.
-    let start = Instant::now();
-    while dora::sink_lines_lenient(&sink)
-        .iter()
-        .filter(|l| l["input"] == "masked")
-        .count()
-        < 3
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no results: {}",
-            running.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Built beside the live folder, then copied in: the host takes the pair once both settle.
+    // Version 1.1.0 masks with `*` instead of `#`. Built beside the live folder before the run
+    // (a C build is seconds under load, and the source would be done by then), copied in once
+    // three tasks are through: the host takes the pair once both settle.
     let staging = copy_plugin("mask", &dir.path().join("staging"));
     let manifest = std::fs::read_to_string(staging.join("plugin.toml")).unwrap();
     std::fs::write(
@@ -271,6 +253,25 @@ fn a_plugin_rebuilt_while_the_dataflow_runs_serves_the_next_message() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let running = dora::spawn_run(
+        &yml,
+        &[("MOFA_OUT", sink.display().to_string())],
+        Duration::from_secs(60),
+    );
+    let start = Instant::now();
+    while dora::sink_lines_lenient(&sink)
+        .iter()
+        .filter(|l| l["input"] == "masked")
+        .count()
+        < 3
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no results: {}",
+            running.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for f in ["mask.wasm", "plugin.toml"] {
         std::fs::copy(staging.join(f), mask.join(f)).unwrap();
     }

@@ -344,16 +344,18 @@ impl Watched {
     }
 }
 
-/// Runs one folder's scan on a blocking thread and sends what did not load on `error`.
+/// Runs one folder's scan on a blocking thread and sends what did not load on `error`. A scan
+/// that never ran because the node is stopping reports nothing.
 async fn report_scan(
     ctx: &Ctx,
     label: &str,
     dir: &str,
     scan: impl FnOnce() -> rhai_tools::Scan + Send + 'static,
 ) -> bool {
-    let scan = match tokio::task::spawn_blocking(scan).await {
-        Ok(scan) => scan,
-        Err(e) => rhai_tools::Scan {
+    let scan = match mofa_kernel::watch::look_blocking(scan).await {
+        None => return false,
+        Some(Ok(scan)) => scan,
+        Some(Err(e)) => rhai_tools::Scan {
             changed: false,
             errors: vec![format!("{dir}: the scan failed: {e}")],
         },

@@ -31,6 +31,7 @@ use mofa_kernel::plugin::PluginKind;
 use mofa_kernel::tool as wire;
 use mofa_kernel::tool::Tool;
 use mofa_kernel::wasm::{Change, PluginsDir, WasmTool};
+use mofa_kernel::watch;
 use mofa_kernel::{Envelope, Kind, Role};
 use serde_json::json;
 
@@ -62,17 +63,16 @@ impl WasmNode {
     }
 }
 
-/// Looks at the folder once, on a blocking thread.
-async fn scan(plugins: &Arc<PluginsDir>) -> Vec<Change> {
+/// Looks at the folder once, on a blocking thread. `None` when the node is stopping.
+async fn scan(plugins: &Arc<PluginsDir>) -> Option<Vec<Change>> {
     let p = plugins.clone();
-    tokio::task::spawn_blocking(move || p.scan())
-        .await
-        .unwrap_or_else(|e| {
-            vec![Change::Refused {
-                dir: plugins.dir().to_owned(),
-                reason: format!("the scan failed: {e}"),
-            }]
-        })
+    let seen = watch::look_blocking(move || p.scan()).await?;
+    Some(seen.unwrap_or_else(|e| {
+        vec![Change::Refused {
+            dir: plugins.dir().to_owned(),
+            reason: format!("the scan failed: {e}"),
+        }]
+    }))
 }
 
 /// Logs each change, sends refusals on `error`.
@@ -130,7 +130,9 @@ fn publish(ctx: &Ctx, plugins: &PluginsDir, changes: &[Change]) {
 #[async_trait]
 impl Handler for WasmNode {
     async fn on_start(&self, ctx: &Ctx) -> Result<(), Failure> {
-        let changes = scan(&self.plugins).await;
+        let Some(changes) = scan(&self.plugins).await else {
+            return Ok(());
+        };
         report(ctx, &changes);
         let missing = self.plugins.wanted().missing(&self.plugins.loaded());
         if !missing.is_empty() {
@@ -152,7 +154,10 @@ impl Handler for WasmNode {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let changes = scan(&plugins).await;
+                // The node is stopping: a look that never ran is not a refusal.
+                let Some(changes) = scan(&plugins).await else {
+                    break;
+                };
                 if !changes.is_empty() {
                     report(&ctx, &changes);
                     publish(&ctx, &plugins, &changes);
