@@ -1,7 +1,6 @@
 //! Runs a node's handler without a daemon: `DoraNode::init_testing` with timed input events,
 //! outputs collected and decoded back into envelopes.
 
-use dora_node_api::DoraNode;
 use dora_node_api::integration_testing::integration_testing_format::{
     IncomingEvent, InputData, TimedIncomingEvent,
 };
@@ -9,8 +8,9 @@ use dora_node_api::integration_testing::{
     IntegrationTestInput, TestingInput, TestingOptions, TestingOutput, drain_outputs,
     output_channel,
 };
+use dora_node_api::{DoraNode, MetadataParameters, Parameter};
 use mofa_kernel::Envelope;
-use mofa_kernel::node::{self, Handler};
+use mofa_kernel::node::{self, HEARTBEAT_KEY, Handler};
 use serde_json::Value;
 
 /// A batch of envelopes arriving on `input` at `at` seconds.
@@ -52,9 +52,42 @@ pub struct Sent {
     pub envelopes: Vec<Envelope>,
 }
 
+/// How often the harness gives the node a heartbeat, which the kernel skips, while events
+/// remain. dora's testing daemon answers one request at a time, in order, and sleeps in each
+/// `NextEvent` until that event is due; the node's registration at start and every send queue
+/// behind it. Without ticks a node could start only when its first event is due, seconds late
+/// for a test timed from the harness's clock, depending on which request came first.
+const TICK_EVERY_SECS: f64 = 0.05;
+
+fn ticks_until(events: &[TimedIncomingEvent]) -> Vec<TimedIncomingEvent> {
+    let last = events
+        .iter()
+        .map(|e| e.time_offset_secs)
+        .fold(0.0, f64::max);
+    let beat: MetadataParameters = [(
+        HEARTBEAT_KEY.to_owned(),
+        Parameter::String("harness".into()),
+    )]
+    .into_iter()
+    .collect();
+    (1..)
+        .map(|k| k as f64 * TICK_EVERY_SECS)
+        .take_while(|at| *at < last)
+        .map(|at| TimedIncomingEvent {
+            time_offset_secs: at,
+            event: IncomingEvent::Input {
+                id: "harness-tick".into(),
+                metadata: Some(beat.clone()),
+                data: None,
+            },
+        })
+        .collect()
+}
+
 /// Runs `handler` through the kernel's lifecycle on the given events; returns every output in
 /// order. The node ends when the events run out (after draining its in-flight work).
-pub fn run<H: Handler>(handler: H, events: Vec<TimedIncomingEvent>) -> Vec<Sent> {
+pub fn run<H: Handler>(handler: H, mut events: Vec<TimedIncomingEvent>) -> Vec<Sent> {
+    events.extend(ticks_until(&events));
     let input = TestingInput::Input(IntegrationTestInput::new(
         "test-node".parse().unwrap(),
         events,
